@@ -1,0 +1,256 @@
+"""Assembles a spacesync node: Socket.IO, HTTP routes, state, integrations, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import __version__, protocol
+from .config import Settings
+from .fanout import Broadcaster
+from .handlers.events import SpaceServer
+from .integrations.app_api import AppClient, ExitOutbox
+from .integrations.discord import DiscordAlerter
+from .observability.logging import install_alert_handler, log
+from .observability.metrics import METRICS_VERSION, ProcessFigures
+from .state.base import StateStore
+from .state.memory import MemoryStore
+from .wire import FastJson, SpaceSocketServer
+
+PING_INTERVAL = 25
+PING_TIMEOUT = 10
+MAX_MESSAGE_BYTES = 64 * 1024
+HOUSEKEEPING_SECONDS = 30.0
+SHUTDOWN_BUDGET = 8.0
+_JSON_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization",
+    "Cache-Control": "no-store",
+}
+
+
+def _json(data: Any, status: int = 200, pretty: bool = False) -> web.Response:
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    return web.Response(
+        body=orjson.dumps(data, option=option),
+        status=status,
+        content_type="application/json",
+        headers=_JSON_HEADERS,
+    )
+
+
+class SpacesyncNode:
+    """One running node. ``start()`` binds the port; ``shutdown()`` follows SPEC §12."""
+
+    def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
+        self.settings = settings
+        self.figures = ProcessFigures()
+        self.store: StateStore = store or MemoryStore()
+        self.sio = SpaceSocketServer(
+            async_mode="aiohttp",
+            async_handlers=False,  # a client's events are handled in the order sent (SPEC §5)
+            cors_allowed_origins=list(settings.cors_origins),
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
+            max_http_buffer_size=MAX_MESSAGE_BYTES,
+            json=FastJson,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.app_client = AppClient(settings.app_url, settings.app_api_secret,
+                                    settings.verify_timeout)
+        self.exits = ExitOutbox(self.app_client)
+        self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
+        self.broadcaster = Broadcaster(self.sio)
+        self.server = SpaceServer(
+            self.sio, settings, self.store, self.broadcaster, self.app_client, self.exits
+        )
+        self.web = web.Application(middlewares=[self._cors_middleware])
+        self.sio.attach(self.web, socketio_path="socket.io")
+        self._add_routes()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._alert_handler: Any = None
+        self.stopping = False
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def _add_routes(self) -> None:
+        r = self.web.router
+        r.add_get("/", self.health)
+        r.add_get("/health", self.health)
+        r.add_get("/health/ready", self.ready)
+        r.add_get("/presence/{spaceId}", self.presence)
+        r.add_get("/metrics", self.metrics)
+
+    @web.middleware
+    async def _cors_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path.startswith("/socket.io"):
+            return await handler(request)
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=_JSON_HEADERS)
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return _json({"error": "Not found"}, status=404)
+        except web.HTTPMethodNotAllowed:
+            return _json({"error": "Method not allowed"}, status=405)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({
+            "status": "ok",
+            "timestamp": int(time.time() * 1000),
+            "uptime": round(self.figures.uptime, 3),
+        })
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.stopping:
+            return _json({"status": "shutting down"}, status=503)
+        try:
+            ok = await asyncio.wait_for(self.store.ready(), timeout=2.0)
+        except Exception:
+            ok = False
+        if not ok:
+            return _json({"status": "not ready"}, status=503)
+        return _json({"status": "ready", "timestamp": int(time.time() * 1000)})
+
+    async def presence(self, request: web.Request) -> web.Response:
+        space_id = request.match_info["spaceId"]
+        if not protocol.ID_RE.match(space_id):
+            return _json({"error": "Invalid spaceId"}, status=400)
+        players = await self.store.players(space_id)
+        return _json({
+            "spaceId": space_id,
+            "onlineUsers": [
+                {"id": p.id, "nickname": p.identity.nickname,
+                 "avatarColor": p.identity.avatar_color}
+                for p in players
+            ],
+            "count": len(players),
+            "timestamp": int(time.time() * 1000),
+        })
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        rooms = self.server.local_spaces()
+        snapshot = self.figures.snapshot()
+        body: dict[str, Any] = {
+            "server": "socket.io",
+            "version": METRICS_VERSION,
+            "timestamp": int(time.time() * 1000),
+            "uptime": snapshot["uptime"],
+            "connections": {
+                "total": self.server.socket_count(),
+                "rooms": [{"spaceId": s, "connections": n} for s, n in sorted(rooms.items())],
+                "roomCount": len(rooms),
+            },
+            "parties": {"count": await self.store.party_count()},
+            "process": snapshot["process"],
+            "memory": snapshot["memory"],
+            "cpu": snapshot["cpu"],
+            "storage": snapshot["storage"],
+            "node": {
+                "hostname": self.settings.hostname,
+                "environment": self.settings.environment,
+                "spacesyncVersion": __version__,
+            },
+            "events": {
+                "handled": self.server.events_handled,
+                "badInput": self.server.bad_inputs,
+                "movesRelayed": self.broadcaster.moves_relayed,
+            },
+            "exits": {
+                "backlog": self.exits.backlog,
+                "delivered": self.exits.delivered,
+                "failedAttempts": self.exits.failed_attempts,
+                "dropped": self.exits.dropped,
+            },
+            "alerts": {
+                "enabled": self.alerter.enabled,
+                "sent": self.alerter.sent,
+                "failed": self.alerter.failed,
+            },
+        }
+        return _json(body, pretty=True)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.alerter.start()
+        if self.alerter.enabled:
+            self._alert_handler = install_alert_handler(self.alerter.observe)
+        self.exits.start()
+        self._runner = web.AppRunner(self.web, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port,
+                                 reuse_address=True)
+        await self._site.start()
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        log.info(
+            "E6001",
+            f"spacesync listening on {self.settings.host}:{self.settings.port}",
+            environment=self.settings.environment,
+            port=self.settings.port,
+            appUrl=self.settings.app_url,
+            cluster=self.settings.redis_url is not None,
+            alerts=self.alerter.enabled,
+            version=__version__,
+        )
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                await self.store.housekeeping(time.time())
+            except Exception as exc:
+                log.error("E6003", "Housekeeping failed", exc=exc)
+
+    async def shutdown(self, signal_name: str = "SIGTERM") -> None:
+        """Stop accepting, tell clients, settle what is owed, and close (SPEC §12)."""
+        deadline = time.monotonic() + SHUTDOWN_BUDGET
+        self.stopping = True
+        self.server.shutting_down = True
+        log.info("E6002", f"Shutting down on {signal_name}", sockets=self.server.socket_count())
+        if self._site is not None:
+            with contextlib.suppress(Exception):
+                await self._site.stop()
+        with contextlib.suppress(Exception):
+            await self.server.broadcast_system("The server is restarting; reconnecting shortly.")
+        # Closing the transport (not a Socket.IO disconnect) makes clients reconnect by themselves.
+        for session in list(self.server.sessions.values()):
+            session.closing_reason = "disconnect:server shutting down"
+            eio_sid = self.sio.manager.eio_sid_from_sid(session.sid, "/")
+            if eio_sid is not None:
+                with contextlib.suppress(Exception):
+                    await self.sio.eio.disconnect(eio_sid)
+        while self.server.sessions and time.monotonic() < deadline - 3:
+            await asyncio.sleep(0.02)
+        left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1))
+        if left:
+            log.error("E4001", f"{left} EXIT events could not be delivered before shutdown",
+                      no_alert=False, undelivered=left)
+        await self.alerter.flush(max(0.2, deadline - time.monotonic()))
+        await self.close()
+        log.info("E6002", "Shutdown complete")
+
+    async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        await self.broadcaster.close()
+        await self.exits.close()
+        await self.alerter.close()
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner.cleanup()
+        await self.app_client.close()
+        await self.store.close()

@@ -1,0 +1,125 @@
+"""One typed settings object, read once from the environment (SPEC §1.1)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+DEFAULT_PORT = 3001
+DEFAULT_APP_URL = "http://localhost:3000"
+ALWAYS_ALLOWED_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; start-up stops with this message and exit code 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    development: bool = False
+    app_url: str = DEFAULT_APP_URL
+    app_api_secret: str | None = None
+    cors_origins: tuple[str, ...] = ALWAYS_ALLOWED_ORIGINS
+    discord_webhook_url: str | None = None
+    hostname: str = field(default_factory=socket.gethostname)
+    redis_url: str | None = None
+    log_level: str = "info"
+    verify_timeout: float = 5.0
+    exit_timeout: float = 5.0
+
+    @property
+    def environment(self) -> str:
+        return "development" if self.development else "production"
+
+
+def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ConfigError(f"{name} has an invalid port: {value!r}") from exc
+    return value.rstrip("/")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build :class:`Settings` from environment variables, raising :class:`ConfigError`."""
+    port = DEFAULT_PORT
+    found = _first(env, "PORT", "SOCKET_PORT")
+    if found:
+        name, raw = found
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise ConfigError(f"{name} must be a port number between 1 and 65535, got {raw!r}")
+        port = int(raw)
+
+    host = env.get("HOST", "").strip() or "0.0.0.0"
+
+    development = env.get("NODE_ENV", "").strip() == "development"
+
+    app_url = DEFAULT_APP_URL
+    found = _first(env, "APP_URL", "NEXT_PUBLIC_API_URL", "NEXT_PUBLIC_APP_URL")
+    if found:
+        app_url = _http_url(*found)
+
+    origins: list[str] = [*ALWAYS_ALLOWED_ORIGINS, _origin(app_url)]
+    for raw in env.get("CORS_ORIGINS", "").split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        if raw == "*":
+            origins.append("*")
+            continue
+        origins.append(_origin(_http_url("CORS_ORIGINS", raw)))
+
+    discord = None
+    found = _first(env, "DISCORD_WEBHOOK_URL", "DISCORD_ERROR_WEBHOOK_URL")
+    if found:
+        discord = _http_url(*found)
+
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url is not None:
+        parts = urlsplit(redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ConfigError(f"REDIS_URL must be a redis:// URL, got {redis_url!r}")
+
+    log_level = env.get("LOG_LEVEL", "").strip().lower() or "info"
+    if log_level == "warning":
+        log_level = "warn"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    if log_level == "debug" and not development:
+        log_level = "info"
+
+    hostname = env.get("HOSTNAME", "").strip() or socket.gethostname()
+
+    return Settings(
+        port=port,
+        host=host,
+        development=development,
+        app_url=app_url,
+        app_api_secret=env.get("APP_API_SECRET") or None,
+        cors_origins=tuple(dict.fromkeys(origins)),
+        discord_webhook_url=discord,
+        hostname=hostname,
+        redis_url=redis_url,
+        log_level=log_level,
+    )

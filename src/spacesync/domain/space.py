@@ -1,0 +1,56 @@
+"""Players in a space and their positions (SPEC §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .identity import Identity
+
+SPAWN_X = 480
+SPAWN_Y = 320
+SPAWN_DIRECTION = "down"
+
+
+@dataclass(slots=True)
+class PlayerState:
+    """One player present in one space, bound to exactly one live socket."""
+
+    identity: Identity
+    sid: str
+    joined_at: float
+    x: float = SPAWN_X
+    y: float = SPAWN_Y
+    direction: str = SPAWN_DIRECTION
+    is_moving: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.identity.player_id
+
+    def position(self) -> dict[str, Any]:
+        """A ``PlayerPosition`` with the avatar fields (``room:joined``, ``player:joined``)."""
+        identity = self.identity
+        data: dict[str, Any] = {
+            "id": identity.player_id,
+            "nickname": identity.nickname,
+            "x": self.x,
+            "y": self.y,
+            "direction": self.direction,
+            "isMoving": self.is_moving,
+            "avatarColor": identity.avatar_color,
+        }
+        if identity.avatar_config is not None:
+            data["avatarConfig"] = identity.avatar_config
+        return data
+
+    def moved(self) -> dict[str, Any]:
+        """The ``player:moved`` payload: position without avatar fields."""
+        return {
+            "id": self.identity.player_id,
+            "nickname": self.identity.nickname,
+            "x": self.x,
+            "y": self.y,
+            "direction": self.direction,
+            "isMoving": self.is_moving,
+        }

@@ -1,0 +1,726 @@
+"""Socket.IO event handlers: validate -> domain/store -> emit (SPEC §2, §4, §6, §7, §8).
+
+Handlers are thin. Every payload goes through :mod:`spacesync.protocol` first; every identity is
+the one bound to the socket, never one a client sends; every reply goes through the
+:class:`~spacesync.fanout.Broadcaster`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+
+from .. import protocol
+from ..config import Settings
+from ..domain.chat import sanitize
+from ..domain.identity import Identity, anonymous_player_id, token_user_id
+from ..domain.parties import Arrival, Departure, Member, PartyError, SpaceParties
+from ..fanout import Broadcaster
+from ..integrations.app_api import AppClient, ExitOutbox, VerifyStatus, exit_event_for
+from ..observability.logging import log
+from ..protocol import BadInput, ChatMessage
+from ..state.base import StateStore
+from .session import PreVerified, Session
+
+Handler = Callable[[Session, Any], Awaitable[None]]
+
+# Events a socket may send before it has joined a space; everything else is ignored until then.
+_BEFORE_JOIN = frozenset({"join:space", "proximity:set"})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _message_id() -> str:
+    return f"msg-{uuid.uuid4().hex}"
+
+
+class AuthRefused(Exception):
+    """The session cannot be accepted (production); the message and code go to the client."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SpaceServer:
+    """Binds the event handlers to a Socket.IO server."""
+
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        settings: Settings,
+        store: StateStore,
+        broadcaster: Broadcaster,
+        app: AppClient,
+        exits: ExitOutbox,
+    ) -> None:
+        self.sio = sio
+        self.settings = settings
+        self.store = store
+        self.out = broadcaster
+        self.app = app
+        self.exits = exits
+        self.sessions: dict[str, Session] = {}
+        self.shutting_down = False
+        self.events_handled = 0
+        self.bad_inputs = 0
+        self._register()
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        sio = self.sio
+        sio.on("connect", self.on_connect)
+        sio.on("disconnect", self.on_disconnect)
+        routes: dict[str, Handler] = {
+            "join:space": self.join_space,
+            "leave:space": self.leave_space,
+            "player:move": self.move,
+            "player:jump": self.jump,
+            "player:updateProfile": self.update_profile,
+            "chat:message": self.chat_message,
+            "whisper:send": self.whisper_send,
+            "party:create": self.party_create,
+            "party:invite": self.party_invite,
+            "party:accept": self.party_accept,
+            "party:decline": self.party_decline,
+            "party:leave": self.party_leave,
+            "party:message": self.party_message,
+            "party:join": self.party_join_zone,
+            "joinParty": self.party_join_zone,
+            "leaveParty": self.party_leave_zone,
+            "proximity:set": self.proximity_set,
+        }
+        for event, handler in routes.items():
+            sio.on(event, self._guard(event, handler))
+        sio.on("*", self._ignore_unknown)
+
+    def _guard(self, event: str, handler: Handler) -> Callable[..., Awaitable[None]]:
+        """Wrap a handler: joined check, binary check, bad input replies, no escaped errors."""
+        channel = protocol.ERROR_CHANNEL.get(event)
+
+        async def guarded(sid: str, *args: Any) -> None:
+            session = self.sessions.get(sid)
+            if session is None or session.closing_reason is not None:
+                return
+            self.events_handled += 1
+            if event not in _BEFORE_JOIN and not session.joined:
+                log.debug("I3000", "Event before join ignored", event=event, **session.context())
+                return
+            payload = args[0] if args else None
+            try:
+                if len(args) > 1 or protocol.contains_binary(payload):
+                    raise BadInput("Binary attachments and extra arguments are not accepted")
+                await handler(session, payload)
+            except BadInput as exc:
+                self.bad_inputs += 1
+                target = channel
+                if event == "chat:message":
+                    target = {"whisper": "whisper:error", "party": "party:error"}.get(
+                        protocol.chat_type(payload), "chat:error"
+                    )
+                log.warn("E3001", f"Bad payload for {event}: {exc}", event=event,
+                         **session.context())
+                await self._reply_error(session, target, str(exc))
+            except PartyError as exc:
+                await self.out.to_sid(session.sid, "party:error", {"message": str(exc)})
+            except Exception as exc:
+                log.error("E3003", f"Handler for {event} failed", exc=exc, event=event,
+                          **session.context())
+                await self._safe_error(session, "Internal server error", "INTERNAL_ERROR")
+
+        return guarded
+
+    async def _reply_error(self, session: Session, channel: str | None, message: str) -> None:
+        if channel is None:
+            await self.out.to_sid(
+                session.sid, "error", {"message": message, "code": "INVALID_PAYLOAD"}
+            )
+        else:
+            await self.out.to_sid(session.sid, channel, {"message": message})
+
+    async def _safe_error(self, session: Session, message: str, code: str) -> None:
+        try:
+            await self.out.to_sid(session.sid, "error", {"message": message, "code": code})
+        except Exception:  # pragma: no cover - the socket may already be gone
+            pass
+
+    async def _ignore_unknown(self, event: Any, sid: str, *args: Any) -> None:
+        log.debug("I3001", "Unknown event ignored", event=str(event)[:100], socketId=sid)
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if self.shutting_down:
+            raise socketio.exceptions.ConnectionRefusedError("Server is shutting down")
+        address = _client_address(environ)
+        session = Session(sid=sid, address=address)
+        if isinstance(auth, dict) and isinstance(auth.get("sessionToken"), str):
+            token = auth["sessionToken"].strip()
+            space = auth.get("spaceId") if isinstance(auth.get("spaceId"), str) else None
+            if space is not None and not protocol.ID_RE.match(space):
+                space = None
+            if token:
+                identity = await self._verify_at_connect(sid, token, space)
+                if identity is not None:
+                    session.pre_verified = PreVerified(token, space, identity)
+        self.sessions[sid] = session
+        log.info("E2001", "Client connected", socketId=sid, address=address)
+
+    async def _verify_at_connect(
+        self, sid: str, token: str, space_id: str | None
+    ) -> Identity | None:
+        if self.settings.development and token.startswith("dev-"):
+            return None  # development tokens are resolved from the join payload
+        result = await self.app.verify(token, space_id)
+        if result.verification is not None:
+            v = result.verification
+            return Identity(
+                player_id=v.participant_id,
+                nickname=v.nickname or "",
+                avatar_color=v.avatar_color,
+                avatar_config=v.avatar_config,
+                role=v.role,
+                session_token=token,
+                user_id=v.user_id or token_user_id(token),
+                verified=True,
+            )
+        self._log_verification_failure(result.status, result.detail, socketId=sid,
+                                       spaceId=space_id)
+        if not self.settings.development:
+            raise socketio.exceptions.ConnectionRefusedError("Invalid session")
+        return None
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return
+        why = session.closing_reason or f"disconnect:{reason or 'unknown'}"
+        if session.joined and session.closing_reason != "replaced":
+            try:
+                await self._leave(session, why, connected=False)
+            except Exception as exc:
+                log.error("E3003", "Leaving on disconnect failed", exc=exc, **session.context())
+        log.info("E2002", "Client disconnected", reason=str(reason), socketId=sid)
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _log_verification_failure(self, status: VerifyStatus, detail: str, **ctx: Any) -> None:
+        if status is VerifyStatus.INVALID:
+            log.warn("E1002", f"Session verification failed: {detail}", **ctx)
+        elif status is VerifyStatus.TIMEOUT:
+            log.error("E4003", f"Session verification timed out: {detail}", **ctx)
+        else:
+            log.error("E4002", f"Session verification API unreachable: {detail}", **ctx)
+
+    async def _resolve_identity(self, session: Session, join: protocol.JoinSpace) -> Identity:
+        """Decide who is joining (SPEC §2.1); raises :class:`AuthRefused` in production."""
+        dev = self.settings.development
+        token = join.session_token
+        pre = session.pre_verified
+        if pre is not None and (token is None or token == pre.token) and (
+            pre.space_id is None or pre.space_id == join.space_id
+        ):
+            identity = pre.identity
+            if not identity.nickname:
+                if join.nickname is None:
+                    raise BadInput("nickname is required")
+                identity = identity.with_profile(join.nickname, None, None)
+            return identity
+        if pre is not None and token is None:
+            token = pre.token
+
+        def client_identity(player_id: str | None, role: str | None) -> Identity:
+            if join.nickname is None:
+                raise BadInput("nickname is required")
+            return Identity(
+                player_id=player_id or anonymous_player_id(),
+                nickname=join.nickname,
+                avatar_color=join.avatar_color,
+                avatar_config=join.avatar_config,
+                role=role or "PARTICIPANT",
+                session_token=token,
+                user_id=token_user_id(token),
+                verified=False,
+            )
+
+        ctx = session.context() | {"spaceId": join.space_id}
+        if not token:
+            if not dev:
+                log.warn("E1001", "Session token required", **ctx)
+                raise AuthRefused("Session token required", "SESSION_REQUIRED")
+            log.warn("E1001", "Joining without a session token (development)", **ctx)
+            return client_identity(None, join.role)
+        if dev and token.startswith("dev-"):
+            return client_identity(join.player_id, join.role)
+        result = await self.app.verify(token, join.space_id)
+        verification = result.verification
+        if verification is None:
+            self._log_verification_failure(result.status, result.detail, **ctx)
+            if not dev:
+                raise AuthRefused("Invalid session", "INVALID_SESSION")
+            return client_identity(join.player_id, join.role)
+        nickname = verification.nickname or join.nickname
+        if nickname is None:
+            raise BadInput("nickname is required")
+        app_gave_avatar = verification.avatar_config is not None
+        return Identity(
+            player_id=verification.participant_id,
+            nickname=nickname,
+            avatar_color=verification.avatar_color if app_gave_avatar else join.avatar_color,
+            avatar_config=verification.avatar_config if app_gave_avatar else join.avatar_config,
+            role=verification.role,
+            session_token=token,
+            user_id=verification.user_id or token_user_id(token),
+            verified=True,
+        )
+
+    # -- join / leave --------------------------------------------------------------------------
+
+    async def join_space(self, session: Session, payload: Any) -> None:
+        join = protocol.parse_join(payload)
+        try:
+            identity = await self._resolve_identity(session, join)
+        except AuthRefused as exc:
+            await self._refuse(session, str(exc), exc.code)
+            return
+        if session.sid not in self.sessions:
+            return  # disconnected while the app was verifying
+        if session.joined:
+            same = session.space_id == join.space_id and (
+                session.identity is not None and session.identity.player_id == identity.player_id
+            )
+            if same:
+                await self._send_room_state(session, join.space_id)
+                return
+            await self._leave(session, "leave", connected=True)
+        now = time.time()
+        try:
+            result = await self.store.join(join.space_id, identity, session.sid, now)
+        except Exception as exc:
+            log.error("E2004", "Joining the space failed", exc=exc, **session.context())
+            await self._safe_error(session, "Could not join the space", "JOIN_FAILED")
+            return
+        session.identity = result.player.identity
+        session.space_id = join.space_id
+        session.joined_at = now
+        session.batching = join.position_batching
+        await self.out.enter_space(
+            session.sid, join.space_id, identity.player_id, join.position_batching
+        )
+        if result.replaced_sid is not None:
+            await self._evict_replaced(result.replaced_sid, session)
+        await self.out.to_sid(session.sid, "room:joined", {
+            "spaceId": join.space_id,
+            "players": [p.position() for p in result.roster],
+            "yourPlayerId": identity.player_id,
+            "proximity": await self.store.proximity(join.space_id),
+        })
+        await self.out.to_sid(
+            session.sid, "proximity:status", {"enabled": await self.store.proximity(join.space_id)}
+        )
+        if result.replaced_sid is None:
+            await self.out.to_space(
+                join.space_id, "player:joined", result.player.position(), skip_sid=session.sid
+            )
+            await self._system(join.space_id, f"{sanitize(identity.nickname)} joined")
+        log.info(
+            "I2001", "Player joined space", verified=identity.verified, role=identity.role,
+            replaced=result.replaced_sid is not None, **session.context(),
+        )
+
+    async def _send_room_state(self, session: Session, space_id: str) -> None:
+        assert session.identity is not None
+        roster = await self.store.players(space_id)
+        enabled = await self.store.proximity(space_id)
+        await self.out.to_sid(session.sid, "room:joined", {
+            "spaceId": space_id,
+            "players": [p.position() for p in roster],
+            "yourPlayerId": session.identity.player_id,
+            "proximity": enabled,
+        })
+        await self.out.to_sid(session.sid, "proximity:status", {"enabled": enabled})
+
+    async def _evict_replaced(self, old_sid: str, new: Session) -> None:
+        """The player joined again elsewhere: close the older socket quietly (SPEC §2.3)."""
+        old = self.sessions.get(old_sid)
+        if old is None:
+            return
+        old.closing_reason = "replaced"
+        if old.space_id is not None and old.identity is not None:
+            await self.out.leave_space(old_sid, old.space_id, old.identity.player_id)
+        log.warn("E2003", "Duplicate session: older connection closed", replacedSocketId=old_sid,
+                 **new.context())
+        await self.out.to_sid(old_sid, "error", {
+            "message": "Connected from another device; this connection was closed",
+            "code": "DUPLICATE_SESSION",
+        })
+        await self.sio.disconnect(old_sid)
+
+    async def _refuse(self, session: Session, message: str, code: str) -> None:
+        session.closing_reason = "refused"
+        await self.out.to_sid(session.sid, "error", {"message": message, "code": code})
+        await self.sio.disconnect(session.sid)
+
+    async def leave_space(self, session: Session, payload: Any) -> None:
+        await self._leave(session, "leave", connected=True)
+
+    async def _leave(self, session: Session, reason: str, *, connected: bool) -> None:
+        space_id, identity = session.space_id, session.identity
+        if space_id is None or identity is None:
+            return
+        player_id = identity.player_id
+        session.space_id = None
+        await self.out.flush(space_id)
+        if connected:
+            await self.out.leave_space(session.sid, space_id, player_id)
+        removed = await self.store.leave(space_id, player_id, session.sid)
+        if removed is None:
+            return
+        async with self.store.parties(space_id) as parties:
+            departures = parties.leave_all(player_id)
+        for departure in departures:
+            await self._announce_departure(space_id, departure, session if connected else None)
+        await self.out.to_space(space_id, "player:left", {"id": player_id})
+        await self._system(space_id, f"{sanitize(identity.nickname)} left")
+        duration = time.time() - session.joined_at
+        event = exit_event_for(identity.session_token, space_id, reason, duration, player_id)
+        if event is not None:
+            self.exits.submit(event)
+        log.info("I2002", "Player left space", reason=reason,
+                 durationSeconds=round(duration), socketId=session.sid, spaceId=space_id,
+                 playerId=player_id)
+
+    # -- movement ------------------------------------------------------------------------------
+
+    async def move(self, session: Session, payload: Any) -> None:
+        move = protocol.parse_move(payload)
+        assert session.space_id is not None and session.identity is not None
+        player = self.store.move(
+            session.space_id, session.identity.player_id, move.x, move.y, move.direction,
+            move.is_moving,
+        )
+        if player is not None:
+            self.out.queue_move(session.space_id, session.sid, player.id, player.moved())
+
+    async def jump(self, session: Session, payload: Any) -> None:
+        jump = protocol.parse_jump(payload)
+        assert session.space_id is not None and session.identity is not None
+        await self.out.flush(session.space_id)
+        await self.out.to_space(
+            session.space_id, "player:jumped",
+            {"id": session.identity.player_id, "x": jump.x, "y": jump.y},
+            skip_sid=session.sid,
+        )
+
+    async def update_profile(self, session: Session, payload: Any) -> None:
+        update = protocol.parse_profile(payload)
+        assert session.space_id is not None and session.identity is not None
+        identity = session.identity.with_profile(
+            update.nickname, update.avatar_color, update.avatar_config
+        )
+        session.identity = identity
+        await self.store.update_identity(session.space_id, identity)
+        async with self.store.parties(session.space_id) as parties:
+            parties.update_member(_member(identity))
+        data: dict[str, Any] = {
+            "id": identity.player_id,
+            "nickname": identity.nickname,
+            "avatarColor": identity.avatar_color,
+        }
+        if identity.avatar_config is not None:
+            data["avatarConfig"] = identity.avatar_config
+        await self.out.to_space(
+            session.space_id, "player:profileUpdated", data, skip_sid=session.sid
+        )
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    def _chat_data(self, session: Session, message: ChatMessage, **extra: Any) -> dict[str, Any]:
+        assert session.identity is not None
+        nickname = session.identity.nickname
+        data: dict[str, Any] = {
+            "id": _message_id(),
+            "senderId": session.identity.player_id,
+            "senderNickname": nickname,
+            "senderName": nickname,
+            "content": sanitize(message.content),
+            "timestamp": _now_ms(),
+            "type": message.type,
+        }
+        if message.reply_to is not None:
+            reply = message.reply_to
+            data["replyTo"] = {
+                "id": reply.id,
+                "senderNickname": reply.sender_nickname,
+                "content": sanitize(reply.content),
+            }
+        data.update({k: v for k, v in extra.items() if v is not None})
+        return data
+
+    async def _rate_limited(self, session: Session, content: str, channel: str) -> bool:
+        assert session.identity is not None
+        decision = await self.store.allow_chat(session.identity.player_id, content, time.time())
+        if decision.allowed:
+            return False
+        log.info("E3002", "Message rejected by rate limit", rule=decision.reason,
+                 **session.context())
+        payload: dict[str, Any] = {"message": decision.reason}
+        if decision.retry_after:
+            payload["retryAfter"] = decision.retry_after
+        await self.out.to_sid(session.sid, channel, payload)
+        return True
+
+    async def chat_message(self, session: Session, payload: Any) -> None:
+        message = protocol.parse_chat(payload)
+        if message.type == "whisper":
+            if message.target_id is None and message.target_nickname is None:
+                raise BadInput("targetId or targetNickname is required")
+            await self._whisper(session, message)
+            return
+        if message.type == "party":
+            await self._party_chat(session, message)
+            return
+        if await self._rate_limited(session, message.content, "chat:error"):
+            return
+        assert session.space_id is not None
+        await self.out.to_space(session.space_id, "chat:message", self._chat_data(session, message))
+
+    async def whisper_send(self, session: Session, payload: Any) -> None:
+        await self._whisper(session, protocol.parse_whisper(payload))
+
+    async def _whisper(self, session: Session, message: ChatMessage) -> None:
+        assert session.space_id is not None and session.identity is not None
+        space_id, me = session.space_id, session.identity.player_id
+        if message.target_id is not None:
+            target = await self.store.player(space_id, message.target_id)
+            if target is None:
+                await self._whisper_error(session, "That player is not in this space")
+                return
+        else:
+            assert message.target_nickname is not None
+            matches = await self.store.players_named(space_id, message.target_nickname)
+            if not matches:
+                await self._whisper_error(session, "No player with that nickname is here")
+                return
+            if len(matches) > 1:
+                await self._whisper_error(
+                    session, "Several players share that nickname; choose one from the list"
+                )
+                return
+            target = matches[0]
+        if target.id == me:
+            await self._whisper_error(session, "You cannot whisper to yourself")
+            return
+        if await self._rate_limited(session, message.content, "whisper:error"):
+            return
+        data = self._chat_data(
+            session, message, targetId=target.id, targetNickname=target.identity.nickname
+        )
+        await self.out.to_players(space_id, [target.id], "whisper:received", {
+            "senderId": me,
+            "senderName": session.identity.nickname,
+            "content": data["content"],
+            "timestamp": data["timestamp"],
+            "id": data["id"],
+        })
+        await self.out.to_players(space_id, [target.id], "whisper:receive", data)
+        await self.out.to_sid(session.sid, "whisper:sent", data)
+
+    async def _whisper_error(self, session: Session, message: str) -> None:
+        await self.out.to_sid(session.sid, "whisper:error", {"message": message})
+
+    # -- parties -------------------------------------------------------------------------------
+
+    async def party_message(self, session: Session, payload: Any) -> None:
+        await self._party_chat(session, protocol.parse_party_message(payload))
+
+    async def _party_chat(self, session: Session, message: ChatMessage) -> None:
+        assert session.space_id is not None and session.identity is not None
+        async with self.store.parties(session.space_id) as parties:
+            party = parties.member_party(session.identity.player_id, message.party_id)
+            party_id, party_name, members = party.id, party.name, list(party.members)
+        if await self._rate_limited(session, message.content, "party:error"):
+            return
+        data = self._chat_data(session, message, partyId=party_id, partyName=party_name)
+        await self.out.to_players(session.space_id, members, "party:message", data)
+
+    async def party_create(self, session: Session, payload: Any) -> None:
+        request = protocol.parse_party_create(payload)
+        assert session.space_id is not None and session.identity is not None
+        async with self.store.parties(session.space_id) as parties:
+            arrival = parties.create(_member(session.identity), sanitize(request.name))
+        await self._announce_arrival(session, arrival)
+        log.info("I5001", "Party created", partyId=arrival.party.id, **session.context())
+
+    async def party_invite(self, session: Session, payload: Any) -> None:
+        request = protocol.parse_party_invite(payload)
+        assert session.space_id is not None and session.identity is not None
+        target = await self.store.player(session.space_id, request.target_id)
+        if target is None:
+            raise PartyError("That player is not in this space")
+        async with self.store.parties(session.space_id) as parties:
+            invitation = parties.invite(
+                session.identity.player_id, request.party_id, request.target_id, time.time()
+            )
+            party = parties.get(invitation.party_id)
+            name = party.name if party else ""
+        await self.out.to_players(session.space_id, [target.id], "party:invited", {
+            "partyId": invitation.party_id,
+            "partyName": name,
+            "inviterId": session.identity.player_id,
+            "inviterName": session.identity.nickname,
+            "expiresAt": int(invitation.expires_at * 1000),
+        })
+
+    async def party_accept(self, session: Session, payload: Any) -> None:
+        ref = protocol.parse_party_ref(payload, "party:accept", required=True)
+        assert session.space_id is not None and session.identity is not None
+        assert ref.party_id is not None
+        async with self.store.parties(session.space_id) as parties:
+            arrival = parties.accept(_member(session.identity), ref.party_id, time.time())
+        await self._announce_arrival(session, arrival)
+
+    async def party_decline(self, session: Session, payload: Any) -> None:
+        ref = protocol.parse_party_ref(payload, "party:decline", required=True)
+        assert session.space_id is not None and session.identity is not None
+        assert ref.party_id is not None
+        async with self.store.parties(session.space_id) as parties:
+            invitation = parties.decline(session.identity.player_id, ref.party_id)
+        await self.out.to_players(session.space_id, [invitation.inviter_id], "party:declined", {
+            "partyId": invitation.party_id,
+            "targetId": invitation.target_id,
+        })
+
+    async def party_leave(self, session: Session, payload: Any) -> None:
+        ref = protocol.parse_party_ref(payload, "party:leave", required=False)
+        assert session.space_id is not None and session.identity is not None
+        async with self.store.parties(session.space_id) as parties:
+            departure = parties.leave(session.identity.player_id, ref.party_id)
+        await self._announce_departure(session.space_id, departure, session)
+
+    async def party_leave_zone(self, session: Session, payload: Any) -> None:
+        assert session.space_id is not None and session.identity is not None
+        async with self.store.parties(session.space_id) as parties:
+            departure = parties.leave_zone(session.identity.player_id)
+        await self._announce_departure(session.space_id, departure, session)
+
+    async def party_join_zone(self, session: Session, payload: Any) -> None:
+        request = protocol.parse_zone_join(payload)
+        assert session.space_id is not None and session.identity is not None
+        async with self.store.parties(session.space_id) as parties:
+            arrival = parties.join_zone(
+                _member(session.identity), request.party_id, sanitize(request.party_name)
+            )
+        await self._announce_arrival(session, arrival)
+
+    async def _announce_arrival(self, session: Session, arrival: Arrival) -> None:
+        assert session.space_id is not None
+        for departure in arrival.departures:
+            await self._announce_departure(session.space_id, departure, session)
+        party = arrival.party
+        await self.out.to_sid(session.sid, "party:joined", {
+            "partyId": party.id,
+            "partyName": party.name,
+            "members": party.members_wire(),
+            "leaderId": party.leader_id,
+            "kind": party.kind,
+        })
+        others = [pid for pid in party.members if pid != arrival.member.id]
+        await self.out.to_players(session.space_id, others, "party:member_joined", {
+            "partyId": party.id,
+            "member": arrival.member.to_wire(),
+        })
+
+    async def _announce_departure(
+        self, space_id: str, departure: Departure, leaver: Session | None
+    ) -> None:
+        if leaver is not None:
+            await self.out.to_sid(leaver.sid, "party:left", {"partyId": departure.party.id})
+        if departure.deleted:
+            return
+        data: dict[str, Any] = {"partyId": departure.party.id, "memberId": departure.member_id}
+        if departure.party.leader_id is not None:
+            data["leaderId"] = departure.party.leader_id
+        await self.out.to_players(space_id, list(departure.party.members), "party:member_left",
+                                  data)
+
+    # -- proximity -----------------------------------------------------------------------------
+
+    async def proximity_set(self, session: Session, payload: Any) -> None:
+        if not session.joined:
+            await self.out.to_sid(session.sid, "proximity:error", {"message": "Join a space first"})
+            return
+        request = protocol.parse_proximity(payload)
+        assert session.space_id is not None and session.identity is not None
+        if not session.identity.privileged:
+            log.warn("E1004", "Permission denied: proximity:set", role=session.identity.role,
+                     **session.context())
+            await self.out.to_sid(session.sid, "proximity:error", {"message": "Permission denied"})
+            return
+        await self.store.set_proximity(session.space_id, request.enabled)
+        await self.out.to_space(session.space_id, "proximity:changed", {
+            "spaceId": session.space_id,
+            "enabled": request.enabled,
+            "changedBy": session.identity.player_id,
+        })
+        state = "on" if request.enabled else "off"
+        await self._system(
+            session.space_id,
+            f"{sanitize(session.identity.nickname)} turned proximity voice and video {state}",
+        )
+
+    # -- system messages -----------------------------------------------------------------------
+
+    async def _system(self, space_id: str, content: str) -> None:
+        await self.out.to_space(space_id, "chat:system", system_message(content))
+
+    async def broadcast_system(self, content: str) -> None:
+        """A system notice to every space this node serves (e.g. before a restart)."""
+        spaces = {s.space_id for s in self.sessions.values() if s.space_id is not None}
+        for space_id in spaces:
+            await self._system(space_id, content)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def socket_count(self) -> int:
+        return len(self.sessions)
+
+    def local_spaces(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self.sessions.values():
+            if s.space_id is not None:
+                counts[s.space_id] = counts.get(s.space_id, 0) + 1
+        return counts
+
+
+def system_message(content: str) -> dict[str, Any]:
+    return {
+        "id": _message_id(),
+        "senderId": "system",
+        "senderNickname": "System",
+        "senderName": "System",
+        "content": content,
+        "timestamp": _now_ms(),
+        "type": "system",
+    }
+
+
+def _member(identity: Identity) -> Member:
+    return Member(identity.player_id, identity.nickname, identity.avatar_color)
+
+
+def _client_address(environ: dict[str, Any]) -> str:
+    request = environ.get("aiohttp.request")
+    if request is not None and getattr(request, "remote", None):
+        return str(request.remote)
+    return str(environ.get("REMOTE_ADDR", ""))
+
+
+__all__ = ["SpaceParties", "SpaceServer", "system_message"]

@@ -1,0 +1,42 @@
+"""What this node knows about one connected socket."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..domain.identity import Identity
+
+
+@dataclass(slots=True)
+class PreVerified:
+    """An identity verified at connect time (SPEC §2.2), reused by ``join:space``."""
+
+    token: str | None
+    space_id: str | None
+    identity: Identity
+
+
+@dataclass(slots=True)
+class Session:
+    sid: str
+    address: str
+    connected_at: float = field(default_factory=time.time)
+    identity: Identity | None = None
+    space_id: str | None = None
+    joined_at: float = 0.0
+    batching: bool = False
+    pre_verified: PreVerified | None = None
+    closing_reason: str | None = None
+    """Set when the server closes the socket on purpose (duplicate session, shutdown)."""
+
+    @property
+    def joined(self) -> bool:
+        return self.space_id is not None and self.identity is not None
+
+    def context(self) -> dict[str, str | None]:
+        return {
+            "socketId": self.sid,
+            "spaceId": self.space_id,
+            "playerId": self.identity.player_id if self.identity else None,
+        }

@@ -1,0 +1,244 @@
+"""The app API: session verification (SPEC §2.1) and EXIT event logging (SPEC §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..domain.identity import Verification, token_user_id
+from ..observability.logging import log
+
+RETRY_BASE_DELAY = 1.0
+RETRY_MAX_DELAY = 60.0
+MAX_EXIT_AGE = 24 * 3600.0
+MAX_CLIENT_ERROR_ATTEMPTS = 3
+MAX_IN_FLIGHT = 16
+DRAIN_RETRY_DELAY = 0.5
+
+
+class VerifyStatus(enum.Enum):
+    VALID = "valid"
+    INVALID = "invalid"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    status: VerifyStatus
+    verification: Verification | None = None
+    detail: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.verification is not None
+
+
+class AppClient:
+    """HTTP calls to the app, with the shared secret and a hard timeout on every call."""
+
+    def __init__(self, base_url: str, secret: str | None, timeout: float = 5.0) -> None:
+        headers = {"User-Agent": "spacesync"}
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            follow_redirects=False,
+        )
+
+    async def verify(self, token: str, space_id: str | None) -> VerifyResult:
+        url = f"{self.base_url}/api/guest/verify"
+        try:
+            response = await self._client.post(
+                url, json={"sessionToken": token, "spaceId": space_id}
+            )
+        except httpx.TimeoutException:
+            return VerifyResult(VerifyStatus.TIMEOUT, detail=f"no answer within {self.timeout}s")
+        except httpx.HTTPError as exc:
+            return VerifyResult(VerifyStatus.UNREACHABLE, detail=f"{type(exc).__name__}: {exc}")
+        if response.status_code >= 500:
+            return VerifyResult(VerifyStatus.UNREACHABLE, detail=f"HTTP {response.status_code}")
+        if not 200 <= response.status_code < 300:
+            return VerifyResult(VerifyStatus.INVALID, detail=f"HTTP {response.status_code}")
+        try:
+            body: Any = response.json()
+        except ValueError:
+            return VerifyResult(VerifyStatus.INVALID, detail="malformed answer")
+        verification = Verification.from_answer(body)
+        if verification is None:
+            return VerifyResult(VerifyStatus.INVALID, detail="session not valid")
+        return VerifyResult(VerifyStatus.VALID, verification)
+
+    async def send_exit(self, event: ExitEvent) -> httpx.Response:
+        headers = {"Idempotency-Key": event.key}
+        if event.user_id is not None:
+            url = f"{self.base_url}/api/spaces/{quote(event.space_id, safe='')}/visit"
+            headers["x-user-id"] = event.user_id
+            return await self._client.delete(url, headers=headers)
+        url = f"{self.base_url}/api/guest/event"
+        body = {
+            "sessionToken": event.session_token,
+            "spaceId": event.space_id,
+            "eventType": "EXIT",
+            "payload": {"reason": event.reason, "durationSeconds": event.duration_seconds},
+        }
+        return await self._client.post(url, json=body, headers=headers)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass(slots=True)
+class ExitEvent:
+    session_token: str
+    space_id: str
+    reason: str
+    duration_seconds: int
+    user_id: str | None = None
+    player_id: str | None = None
+    key: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: float = field(default_factory=time.time)
+    attempts: int = 0
+
+
+def exit_event_for(
+    token: str | None, space_id: str, reason: str, duration: float, player_id: str
+) -> ExitEvent | None:
+    """The EXIT owed for a stay, or ``None`` for ``dev-`` and token-less sessions (SPEC §7)."""
+    if not token or token.startswith("dev-"):
+        return None
+    return ExitEvent(
+        session_token=token,
+        space_id=space_id,
+        reason=reason,
+        duration_seconds=max(0, round(duration)),
+        user_id=token_user_id(token),
+        player_id=player_id,
+    )
+
+
+class ExitOutbox:
+    """Delivers EXIT events in the background, retrying failures with exponential backoff.
+
+    ``submit`` never blocks the caller. Failures are logged as E4001; a call the app refuses
+    with a 4xx is retried a few times, anything else until it is delivered or a day old.
+    """
+
+    def __init__(self, client: AppClient) -> None:
+        self.client = client
+        self._queue: asyncio.Queue[ExitEvent] = asyncio.Queue()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._waiting: dict[str, asyncio.TimerHandle] = {}
+        self._held: dict[str, ExitEvent] = {}
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._worker: asyncio.Task[None] | None = None
+        self._draining = False
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize() + len(self._in_flight) + len(self._waiting)
+
+    def submit(self, event: ExitEvent) -> None:
+        self._queue.put_nowait(event)
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._deliver(event))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _deliver(self, event: ExitEvent) -> None:
+        try:
+            event.attempts += 1
+            status: int | None = None
+            problem = ""
+            try:
+                response = await self.client.send_exit(event)
+                status = response.status_code
+                if 200 <= status < 300:
+                    self.delivered += 1
+                    log.debug("I4001", "EXIT logged", spaceId=event.space_id,
+                              playerId=event.player_id)
+                    return
+                problem = f"HTTP {status}"
+            except httpx.TimeoutException:
+                problem = "timeout"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            self.failed_attempts += 1
+            give_up = (
+                status is not None
+                and 400 <= status < 500
+                and status not in (408, 425, 429)
+                and event.attempts >= MAX_CLIENT_ERROR_ATTEMPTS
+            ) or time.time() - event.created_at > MAX_EXIT_AGE
+            delay = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (event.attempts - 1))
+            if self._draining:
+                delay = min(delay, DRAIN_RETRY_DELAY)
+            log.error(
+                "E4001",
+                "EXIT event logging failed" + ("; giving up" if give_up else "; will retry"),
+                spaceId=event.space_id,
+                playerId=event.player_id,
+                problem=problem,
+                attempt=event.attempts,
+                retryInSeconds=None if give_up else delay,
+            )
+            if give_up:
+                self.dropped += 1
+                return
+            self._schedule_retry(event, delay)
+        finally:
+            self._slots.release()
+
+    def _schedule_retry(self, event: ExitEvent, delay: float) -> None:
+        def requeue() -> None:
+            self._waiting.pop(event.key, None)
+            self._held.pop(event.key, None)
+            self._queue.put_nowait(event)
+
+        self._held[event.key] = event
+        self._waiting[event.key] = asyncio.get_running_loop().call_later(delay, requeue)
+
+    async def drain(self, timeout: float) -> int:
+        """Try to deliver everything owed within ``timeout``; returns how many are left."""
+        deadline = time.monotonic() + timeout
+        for key, handle in list(self._waiting.items()):
+            handle.cancel()
+            self._waiting.pop(key)
+            self._queue.put_nowait(self._held.pop(key))
+        self._draining = True
+        while self.backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.backlog
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for task in list(self._in_flight):
+            task.cancel()
+        for handle in self._waiting.values():
+            handle.cancel()

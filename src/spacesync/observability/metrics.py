@@ -1,0 +1,117 @@
+"""Process and server figures for ``/metrics`` (SPEC §10)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import shutil
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psutil
+
+METRICS_VERSION = "2.0.0"
+_GIB = 1024**3
+_MIB = 1024**2
+
+
+def format_uptime(seconds: float) -> str:
+    """``1d 2h 3m 4s`` with zero parts left out; ``0s`` when everything is zero."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{v}{unit}" for v, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s"))
+             if v]
+    return " ".join(parts) if parts else "0s"
+
+
+def storage(path: str = "/") -> dict[str, Any] | None:
+    """The root file system's size in GiB (2 decimals), or ``None`` if it cannot be read."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return None
+    used_percent = round(usage.used / usage.total * 100) if usage.total else 0
+    return {
+        "totalGB": round(usage.total / _GIB, 2),
+        "usedGB": round(usage.used / _GIB, 2),
+        "availableGB": round(usage.free / _GIB, 2),
+        "usedPercent": used_percent,
+        "mountPoint": path,
+    }
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _load_mallinfo2() -> Any:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        func = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    func.restype = _MallInfo2
+    func.argtypes = []
+    return func
+
+
+_mallinfo2 = _load_mallinfo2()
+
+
+def heap_used_bytes(process: psutil.Process) -> int:
+    """Bytes the allocator has handed out (glibc ``mallinfo2``: in-use heap plus mmapped blocks).
+
+    Python's own small-object arenas are carved from these, so this is the memory held by the
+    Python allocator. Off glibc, the process's unique set size is the nearest figure.
+    """
+    if _mallinfo2 is not None:
+        info = _mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+    try:
+        return int(process.memory_full_info().uss)
+    except (psutil.Error, AttributeError):
+        return int(process.memory_info().rss)
+
+
+class ProcessFigures:
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.started = time.time()
+
+    @property
+    def uptime(self) -> float:
+        return time.time() - self.started
+
+    def snapshot(self) -> dict[str, Any]:
+        rss = int(self.process.memory_info().rss)
+        heap = heap_used_bytes(self.process)
+        cpu = self.process.cpu_times()
+        user_us = int(cpu.user * 1_000_000)
+        system_us = int(cpu.system * 1_000_000)
+        uptime = self.uptime
+        return {
+            "uptime": {
+                "seconds": int(uptime),
+                "formatted": format_uptime(uptime),
+                "startTime": datetime.fromtimestamp(self.started, UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+            },
+            "process": {"memory": {"rssMB": round(rss / _MIB), "heapUsedMB": round(heap / _MIB)}},
+            "memory": {
+                "rss": rss,
+                "heapUsed": heap,
+                "rssMB": round(rss / _MIB),
+                "heapUsedMB": round(heap / _MIB),
+            },
+            "cpu": {"user": user_us, "system": system_us, "totalMicroseconds": user_us + system_us},
+            "storage": storage("/"),
+        }

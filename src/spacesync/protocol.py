@@ -1,0 +1,407 @@
+"""Event names and payload schemas (SPEC §3, §4, §8).
+
+Every client payload is validated here, once, and handed on as a typed object. A validator raises
+:class:`BadInput` with a message fit to show the sender; handlers turn it into a reply on the
+event's own error channel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .domain.identity import AVATAR_COLORS, ROLES, AvatarConfig
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+DIRECTIONS = frozenset({"up", "down", "left", "right"})
+MAX_COORD = 1_000_000.0
+MAX_CONTENT = 2000
+MAX_NICKNAME = 32
+MAX_PARTY_NAME = 50
+MAX_CHARACTER_ID = 50
+MAX_REPLY_CONTENT = 100
+MAX_TOKEN = 4096
+CHAT_TYPES = frozenset({"message", "whisper", "party"})
+
+# Which error event answers bad input for each client event (SPEC §8).
+ERROR_CHANNEL: dict[str, str] = {
+    "chat:message": "chat:error",
+    "whisper:send": "whisper:error",
+    "party:create": "party:error",
+    "party:invite": "party:error",
+    "party:accept": "party:error",
+    "party:decline": "party:error",
+    "party:leave": "party:error",
+    "party:message": "party:error",
+    "party:join": "party:error",
+    "joinParty": "party:error",
+    "leaveParty": "party:error",
+    "proximity:set": "proximity:error",
+}
+
+
+class BadInput(ValueError):
+    """A payload that breaks the contract; the message is shown to the sender."""
+
+
+def contains_binary(value: Any, depth: int = 0) -> bool:
+    """True if a payload carries a binary attachment anywhere (or is absurdly deep)."""
+    if depth > 32:
+        return True
+    if isinstance(value, bytes | bytearray | memoryview):
+        return True
+    if isinstance(value, dict):
+        return any(contains_binary(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(contains_binary(v, depth + 1) for v in value)
+    return False
+
+
+def _object(payload: Any, event: str) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise BadInput(f"{event} expects an object payload")
+    return payload
+
+
+def _optional_object(payload: Any, event: str) -> dict[str, Any]:
+    if payload is None:
+        return {}
+    return _object(payload, event)
+
+
+def _string(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise BadInput(f"{key} is required")
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"{key} must be a string")
+    return value
+
+
+def _identifier(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = _string(data, key, required=required)
+    if value is None:
+        return None
+    if not ID_RE.match(value):
+        raise BadInput(f"{key} must be 1-100 characters of letters, digits and _ . : @ -")
+    return value
+
+
+def _text(
+    data: dict[str, Any], key: str, limit: int, *, required: bool = True, label: str | None = None
+) -> str | None:
+    value = _string(data, key, required=required)
+    if value is None:
+        return None
+    value = value.strip()
+    name = label or key
+    if not value:
+        raise BadInput(f"{name} cannot be empty")
+    if len(value) > limit:
+        raise BadInput(f"{name} is too long (max {limit} characters)")
+    return value
+
+
+def _nickname(data: dict[str, Any], *, required: bool) -> str | None:
+    value = _text(data, "nickname", MAX_NICKNAME, required=required)
+    if value is not None and CONTROL_RE.search(value):
+        raise BadInput("nickname cannot contain control characters")
+    return value
+
+
+def _coordinate(data: dict[str, Any], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadInput(f"{key} must be a number")
+    if isinstance(value, int) and abs(value) > MAX_COORD:
+        raise BadInput(f"{key} is out of range")
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > MAX_COORD:
+        raise BadInput(f"{key} is out of range")
+    return value if isinstance(value, int) else number
+
+
+def _boolean(data: dict[str, Any], key: str, *, required: bool = True) -> bool | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, bool):
+        raise BadInput(f"{key} must be true or false")
+    return value
+
+
+def parse_avatar_color(value: Any) -> str:
+    """Unknown colours fall back to ``default``; a non-string is bad input."""
+    if value is None:
+        return "default"
+    if not isinstance(value, str):
+        raise BadInput("avatarColor must be a string")
+    return value if value in AVATAR_COLORS else "default"
+
+
+def parse_avatar_config(value: Any) -> AvatarConfig | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadInput("avatarConfig must be an object")
+    kind = value.get("type")
+    if kind == "classic":
+        return {"type": "classic", "colorId": parse_avatar_color(value.get("colorId"))}
+    if kind == "custom":
+        character = value.get("characterId")
+        if not isinstance(character, str) or not character.strip():
+            raise BadInput("avatarConfig.characterId is required")
+        if len(character) > MAX_CHARACTER_ID or CONTROL_RE.search(character):
+            raise BadInput("avatarConfig.characterId is invalid")
+        return {"type": "custom", "characterId": character}
+    raise BadInput('avatarConfig.type must be "classic" or "custom"')
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    id: str
+    sender_nickname: str
+    content: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"id": self.id, "senderNickname": self.sender_nickname, "content": self.content}
+
+
+def _reply_to(data: dict[str, Any]) -> ReplyTo | None:
+    value = data.get("replyTo")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadInput("replyTo must be an object")
+    ident = value.get("id")
+    nickname = value.get("senderNickname")
+    content = value.get("content")
+    if not isinstance(ident, str) or not 0 < len(ident) <= 100:
+        raise BadInput("replyTo.id must be a string")
+    if not isinstance(nickname, str) or len(nickname) > 100:
+        raise BadInput("replyTo.senderNickname must be a string")
+    if not isinstance(content, str):
+        raise BadInput("replyTo.content must be a string")
+    return ReplyTo(ident, nickname.strip()[:MAX_NICKNAME], content.strip()[:MAX_REPLY_CONTENT])
+
+
+# --------------------------------------------------------------------------------------------
+# Payload types
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSpace:
+    space_id: str
+    player_id: str | None
+    nickname: str | None
+    avatar_color: str
+    avatar_config: AvatarConfig | None
+    session_token: str | None
+    role: str | None
+    position_batching: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    x: float
+    y: float
+    direction: str
+    is_moving: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Jump:
+    x: float
+    y: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    nickname: str
+    avatar_color: str | None
+    avatar_config: AvatarConfig | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    content: str
+    type: str
+    target_id: str | None
+    target_nickname: str | None
+    party_id: str | None
+    reply_to: ReplyTo | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartyRef:
+    party_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartyCreate:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartyInvite:
+    party_id: str
+    target_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartyZoneJoin:
+    party_id: str
+    party_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProximitySet:
+    enabled: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Validators
+
+
+def parse_join(payload: Any) -> JoinSpace:
+    data = _object(payload, "join:space")
+    token = _string(data, "sessionToken", required=False)
+    if token is not None:
+        token = token.strip()
+        if len(token) > MAX_TOKEN:
+            raise BadInput("sessionToken is too long")
+    role = data.get("role")
+    if role is not None and not isinstance(role, str):
+        raise BadInput("role must be a string")
+    if role not in ROLES:
+        role = None
+    batching = data.get("positionBatching", False)
+    if not isinstance(batching, bool):
+        raise BadInput("positionBatching must be true or false")
+    return JoinSpace(
+        space_id=_identifier(data, "spaceId") or "",
+        player_id=_identifier(data, "playerId", required=False),
+        nickname=_nickname(data, required=False),
+        avatar_color=parse_avatar_color(data.get("avatarColor")),
+        avatar_config=parse_avatar_config(data.get("avatarConfig")),
+        session_token=token or None,
+        role=role,
+        position_batching=batching,
+    )
+
+
+def parse_move(payload: Any) -> Move:
+    data = _object(payload, "player:move")
+    direction = data.get("direction")
+    if direction not in DIRECTIONS:
+        raise BadInput("direction must be up, down, left or right")
+    return Move(
+        x=_coordinate(data, "x"),
+        y=_coordinate(data, "y"),
+        direction=direction,
+        is_moving=bool(_boolean(data, "isMoving")),
+    )
+
+
+def parse_jump(payload: Any) -> Jump:
+    data = _object(payload, "player:jump")
+    return Jump(x=_coordinate(data, "x"), y=_coordinate(data, "y"))
+
+
+def parse_profile(payload: Any) -> ProfileUpdate:
+    data = _object(payload, "player:updateProfile")
+    color = data.get("avatarColor")
+    return ProfileUpdate(
+        nickname=_nickname(data, required=True) or "",
+        avatar_color=None if color is None else parse_avatar_color(color),
+        avatar_config=parse_avatar_config(data.get("avatarConfig")),
+    )
+
+
+def chat_type(payload: Any) -> str:
+    """The effective type of a ``chat:message`` (decides its error channel)."""
+    if isinstance(payload, dict) and payload.get("type") in CHAT_TYPES:
+        return str(payload["type"])
+    return "message"
+
+
+def parse_chat(payload: Any, *, default_type: str = "message", event: str = "chat:message"
+               ) -> ChatMessage:
+    data = _object(payload, event)
+    kind = data.get("type", default_type)
+    if kind is None:
+        kind = default_type
+    if kind not in CHAT_TYPES:
+        raise BadInput("type must be message, whisper or party")
+    target_nickname = _string(data, "targetNickname", required=False)
+    if target_nickname is not None:
+        target_nickname = target_nickname.strip()
+        if not target_nickname or len(target_nickname) > MAX_NICKNAME:
+            raise BadInput("targetNickname is invalid")
+    return ChatMessage(
+        content=_text(data, "content", MAX_CONTENT, label="Message") or "",
+        type=kind,
+        target_id=_identifier(data, "targetId", required=False),
+        target_nickname=target_nickname,
+        party_id=_identifier(data, "partyId", required=False),
+        reply_to=_reply_to(data),
+    )
+
+
+def parse_whisper(payload: Any) -> ChatMessage:
+    message = parse_chat(payload, default_type="whisper", event="whisper:send")
+    if message.target_id is None and message.target_nickname is None:
+        raise BadInput("targetId or targetNickname is required")
+    return ChatMessage(
+        message.content, "whisper", message.target_id, message.target_nickname,
+        None, message.reply_to,
+    )
+
+
+def parse_party_message(payload: Any) -> ChatMessage:
+    message = parse_chat(payload, default_type="party", event="party:message")
+    return ChatMessage(message.content, "party", None, None, message.party_id, message.reply_to)
+
+
+def parse_party_create(payload: Any) -> PartyCreate:
+    data = _object(payload, "party:create")
+    name = _text(data, "name", MAX_PARTY_NAME, label="Party name") or ""
+    if CONTROL_RE.search(name):
+        raise BadInput("Party name cannot contain control characters")
+    return PartyCreate(name)
+
+
+def parse_party_invite(payload: Any) -> PartyInvite:
+    data = _object(payload, "party:invite")
+    return PartyInvite(
+        party_id=_identifier(data, "partyId") or "", target_id=_identifier(data, "targetId") or ""
+    )
+
+
+def parse_party_ref(payload: Any, event: str, *, required: bool) -> PartyRef:
+    data = _optional_object(payload, event) if not required else _object(payload, event)
+    return PartyRef(_identifier(data, "partyId", required=required))
+
+
+def parse_zone_join(payload: Any) -> PartyZoneJoin:
+    data = _object(payload, "party:join")
+    party_id = _identifier(data, "partyId") or ""
+    name = data.get("partyName")
+    if name is None:
+        name = party_id
+    if not isinstance(name, str):
+        raise BadInput("partyName must be a string")
+    name = name.strip()
+    if not name or len(name) > MAX_PARTY_NAME or CONTROL_RE.search(name):
+        raise BadInput("partyName must be 1-50 characters")
+    return PartyZoneJoin(party_id, name)
+
+
+def parse_proximity(payload: Any) -> ProximitySet:
+    data = _object(payload, "proximity:set")
+    return ProximitySet(bool(_boolean(data, "enabled")))

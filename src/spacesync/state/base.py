@@ -1,0 +1,66 @@
+"""The state-store interface handlers talk to.
+
+Handlers never touch dictionaries or Redis directly: they call a :class:`StateStore`, so the
+single-node server and a cluster run the same handler code.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..domain.chat import ChatDecision
+from ..domain.identity import Identity
+from ..domain.parties import SpaceParties
+from ..domain.space import PlayerState
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    player: PlayerState
+    roster: list[PlayerState]
+    replaced_sid: str | None
+    """The socket this join replaced (same player already in the space), if any."""
+
+
+class StateStore(Protocol):
+    async def join(self, space_id: str, identity: Identity, sid: str, now: float) -> JoinResult:
+        """Add a player; an earlier socket of the same player is replaced and its position kept."""
+
+    async def leave(self, space_id: str, player_id: str, sid: str) -> PlayerState | None:
+        """Remove a player if ``sid`` is still its socket; returns the removed state."""
+
+    async def player(self, space_id: str, player_id: str) -> PlayerState | None: ...
+
+    async def players(self, space_id: str) -> list[PlayerState]: ...
+
+    async def players_named(self, space_id: str, nickname: str) -> list[PlayerState]:
+        """Players whose nickname matches, ignoring case."""
+
+    def move(
+        self, space_id: str, player_id: str, x: float, y: float, direction: str, is_moving: bool
+    ) -> PlayerState | None:
+        """Record a position (the hot path: synchronous, no I/O)."""
+
+    async def update_identity(self, space_id: str, identity: Identity) -> PlayerState | None: ...
+
+    async def proximity(self, space_id: str) -> bool: ...
+
+    async def set_proximity(self, space_id: str, enabled: bool) -> None: ...
+
+    def parties(self, space_id: str) -> AbstractAsyncContextManager[SpaceParties]:
+        """Exclusive access to a space's parties for one operation."""
+
+    async def allow_chat(self, player_id: str, content: str, now: float) -> ChatDecision: ...
+
+    async def space_sizes(self) -> dict[str, int]: ...
+
+    async def party_count(self) -> int: ...
+
+    async def housekeeping(self, now: float) -> None:
+        """Expire invitations and forget idle rate-limit histories."""
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
