@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-export NODE_ENV ?=
 
 .PHONY: run test setup lint bench clean
 

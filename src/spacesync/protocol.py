@@ -47,17 +47,30 @@ class BadInput(ValueError):
     """A payload that breaks the contract; the message is shown to the sender."""
 
 
-def contains_binary(value: Any, depth: int = 0) -> bool:
-    """True if a payload carries a binary attachment anywhere (or is absurdly deep)."""
-    if depth > 32:
-        return True
+MAX_DEPTH = 16
+
+
+def check_envelope(args: tuple[Any, ...]) -> Any:
+    """The single payload of an event; binary attachments, extra arguments and absurd nesting are
+    refused before any handler sees them."""
+    if len(args) > 1:
+        raise BadInput("Events take a single payload")
+    payload = args[0] if args else None
+    _check_value(payload, 0)
+    return payload
+
+
+def _check_value(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise BadInput("Payload is nested too deeply")
     if isinstance(value, bytes | bytearray | memoryview):
-        return True
+        raise BadInput("Binary attachments are not accepted")
     if isinstance(value, dict):
-        return any(contains_binary(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return any(contains_binary(v, depth + 1) for v in value)
-    return False
+        for item in value.values():
+            _check_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(item, depth + 1)
 
 
 def _object(payload: Any, event: str) -> dict[str, Any]:

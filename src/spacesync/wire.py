@@ -47,4 +47,4 @@ class SpaceSocketServer(socketio.AsyncServer):
         except (ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
             self._binary_packet.pop(eio_sid, None)
             log.warn("E3001", f"Malformed Socket.IO packet dropped: {type(exc).__name__}",
-                     socketId=eio_sid)
+                     socketId=self.manager.sid_from_eio_sid(eio_sid, "/") or eio_sid)

@@ -115,8 +115,7 @@ class SpaceServer:
                 return
             payload = args[0] if args else None
             try:
-                if len(args) > 1 or protocol.contains_binary(payload):
-                    raise BadInput("Binary attachments and extra arguments are not accepted")
+                payload = protocol.check_envelope(args)
                 await handler(session, payload)
             except BadInput as exc:
                 self.bad_inputs += 1

@@ -61,10 +61,11 @@ class AppClient:
     async def verify(self, token: str, space_id: str | None) -> VerifyResult:
         url = f"{self.base_url}/api/guest/verify"
         try:
-            response = await self._client.post(
-                url, json={"sessionToken": token, "spaceId": space_id}
-            )
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.post(
+                    url, json={"sessionToken": token, "spaceId": space_id}
+                )
+        except (httpx.TimeoutException, TimeoutError):
             return VerifyResult(VerifyStatus.TIMEOUT, detail=f"no answer within {self.timeout}s")
         except httpx.HTTPError as exc:
             return VerifyResult(VerifyStatus.UNREACHABLE, detail=f"{type(exc).__name__}: {exc}")
@@ -174,7 +175,8 @@ class ExitOutbox:
             status: int | None = None
             problem = ""
             try:
-                response = await self.client.send_exit(event)
+                async with asyncio.timeout(self.client.timeout):
+                    response = await self.client.send_exit(event)
                 status = response.status_code
                 if 200 <= status < 300:
                     self.delivered += 1
@@ -182,7 +184,7 @@ class ExitOutbox:
                               playerId=event.player_id)
                     return
                 problem = f"HTTP {status}"
-            except httpx.TimeoutException:
+            except (httpx.TimeoutException, TimeoutError):
                 problem = "timeout"
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
