@@ -126,7 +126,7 @@ class SpacesyncNode:
 
     async def presence(self, request: web.Request) -> web.Response:
         space_id = request.match_info["spaceId"]
-        if not protocol.ID_RE.match(space_id):
+        if not protocol.ID_RE.fullmatch(space_id):
             return _json({"error": "Invalid spaceId"}, status=400)
         players = await self.store.players(space_id)
         return _json({

@@ -46,13 +46,17 @@ def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
 
 
 def _http_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
     try:
+        parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
-        raise ConfigError(f"{name} has an invalid port: {value!r}") from exc
+        raise ConfigError(f"{name} is not a valid URL: {value!r}") from exc
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() or ord(c) < 32 for c in value)
+    ):
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
     return value.rstrip("/")
 
 
@@ -67,7 +71,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     found = _first(env, "PORT", "SOCKET_PORT")
     if found:
         name, raw = found
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
             raise ConfigError(f"{name} must be a port number between 1 and 65535, got {raw!r}")
         port = int(raw)
 
@@ -97,7 +101,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     redis_url = env.get("REDIS_URL", "").strip() or None
     if redis_url is not None:
-        parts = urlsplit(redis_url)
+        try:
+            parts = urlsplit(redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL is not a valid URL: {redis_url!r}") from exc
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
             raise ConfigError(f"REDIS_URL must be a redis:// URL, got {redis_url!r}")
 

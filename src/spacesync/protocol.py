@@ -14,8 +14,12 @@ from typing import Any
 
 from .domain.identity import AVATAR_COLORS, ROLES, AvatarConfig
 
-ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
+# Control characters, line/paragraph separators, and invisible or direction-overriding marks
+# (zero-width joiners stay allowed: emoji sequences need them).
+CONTROL_RE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 DIRECTIONS = frozenset({"up", "down", "left", "right"})
 MAX_COORD = 1_000_000.0
 MAX_CONTENT = 2000
@@ -100,7 +104,7 @@ def _identifier(data: dict[str, Any], key: str, *, required: bool = True) -> str
     value = _string(data, key, required=required)
     if value is None:
         return None
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise BadInput(f"{key} must be 1-100 characters of letters, digits and _ . : @ -")
     return value
 

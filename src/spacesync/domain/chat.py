@@ -7,7 +7,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-_TAG_RE = re.compile(r"<[^>]*>")
+_TAG_RE = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
 
 RATE_LIMIT_MESSAGES = 5

@@ -155,10 +155,12 @@ class SpaceParties:
         self.invite_party_of[member.id] = party.id
         return Arrival(party, member, departures)
 
-    def decline(self, player_id: str, party_id: str) -> Invitation:
+    def decline(self, player_id: str, party_id: str, now: float) -> Invitation:
         invitation = self.invitations.pop((party_id, player_id), None)
         if invitation is None:
             raise PartyError("You have no invitation to this party")
+        if invitation.expires_at <= now:
+            raise PartyError("The invitation has expired")
         return invitation
 
     # -- party zones ---------------------------------------------------------------------------

@@ -163,7 +163,7 @@ class SpaceServer:
         if isinstance(auth, dict) and isinstance(auth.get("sessionToken"), str):
             token = auth["sessionToken"].strip()
             space = auth.get("spaceId") if isinstance(auth.get("spaceId"), str) else None
-            if space is not None and not protocol.ID_RE.match(space):
+            if space is not None and not protocol.ID_RE.fullmatch(space):
                 space = None
             if token:
                 identity = await self._verify_at_connect(sid, token, space)
@@ -591,7 +591,7 @@ class SpaceServer:
         assert session.space_id is not None and session.identity is not None
         assert ref.party_id is not None
         async with self.store.parties(session.space_id) as parties:
-            invitation = parties.decline(session.identity.player_id, ref.party_id)
+            invitation = parties.decline(session.identity.player_id, ref.party_id, time.time())
         await self.out.to_players(session.space_id, [invitation.inviter_id], "party:declined", {
             "partyId": invitation.party_id,
             "targetId": invitation.target_id,

@@ -82,7 +82,7 @@ class AlertPolicy:
             if self._in_auth_burst:
                 return None
             self._in_auth_burst = True
-            return "auth-burst"
+            return "auth-burst" if self.allow_code(code, now) else None
         if level < logging.ERROR:
             return None
         if not self.allow_code(code, now):
