@@ -23,11 +23,11 @@ run: $(VENV)/.installed
 	NODE_ENV=$${NODE_ENV:-development} $(PY) -m spacesync
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean:
