@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -61,8 +62,8 @@ class SpacesyncNode:
             ping_timeout=PING_TIMEOUT,
             max_http_buffer_size=MAX_MESSAGE_BYTES,
             json=FastJson,
-            logger=False,
-            engineio_logger=False,
+            logger=logging.getLogger("socketio.server"),
+            engineio_logger=logging.getLogger("engineio.server"),
         )
         self.app_client = AppClient(settings.app_url, settings.app_api_secret,
                                     settings.verify_timeout)
@@ -96,6 +97,10 @@ class SpacesyncNode:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.path.startswith("/socket.io"):
+            if self.stopping and "sid" not in request.query:
+                # A new handshake during shutdown fails at the transport, so the official
+                # client retries with backoff (a refused Socket.IO connect would not retry).
+                return _json({"error": "Server is shutting down"}, status=503)
             return await handler(request)
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=_JSON_HEADERS)
@@ -221,20 +226,31 @@ class SpacesyncNode:
         self.stopping = True
         self.server.shutting_down = True
         log.info("E6002", f"Shutting down on {signal_name}", sockets=self.server.socket_count())
-        if self._site is not None:
-            with contextlib.suppress(Exception):
-                await self._site.stop()
+        # New Socket.IO connections are refused from here on (and /health/ready says 503); the
+        # listener stays open a moment so that long-polling clients can collect their CLOSE.
         with contextlib.suppress(Exception):
             await self.server.broadcast_system("The server is restarting; reconnecting shortly.")
         # Closing the transport (not a Socket.IO disconnect) makes clients reconnect by themselves.
         for session in list(self.server.sessions.values()):
             session.closing_reason = "disconnect:server shutting down"
             eio_sid = self.sio.manager.eio_sid_from_sid(session.sid, "/")
-            if eio_sid is not None:
-                with contextlib.suppress(Exception):
-                    await self.sio.eio.disconnect(eio_sid)
-        while self.server.sessions and time.monotonic() < deadline - 3:
+            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+            try:
+                if sock is not None:
+                    await sock.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
+                else:
+                    await self.server.on_disconnect(session.sid, "server shutting down")
+            except Exception as exc:
+                log.error("E6002", "Closing a client during shutdown failed", exc=exc,
+                          socketId=session.sid)
+        flush_deadline = min(deadline - 4, time.monotonic() + 1.5)
+        while time.monotonic() < flush_deadline and any(
+            not s.queue.empty() for s in list(self.sio.eio.sockets.values())
+        ):
             await asyncio.sleep(0.02)
+        if self._site is not None:
+            with contextlib.suppress(Exception):
+                await self._site.stop()
         left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1))
         if left:
             log.error("E4001", f"{left} EXIT events could not be delivered before shutdown",

@@ -93,6 +93,8 @@ class Verification:
     avatar_config: AvatarConfig | None
     role: str
     user_id: str | None
+    avatar_given: bool = False
+    """Whether the app answered with an ``avatar`` at all (else the client's choice stands)."""
 
     @classmethod
     def from_answer(cls, body: Any) -> Verification | None:
@@ -121,4 +123,5 @@ class Verification:
             user_id = str(user_id)
         if not isinstance(user_id, str) or not user_id:
             user_id = None
-        return cls(participant, nickname, color, config, role, user_id)
+        avatar_given = body.get("avatar") is not None
+        return cls(participant, nickname, color, config, role, user_id, avatar_given)

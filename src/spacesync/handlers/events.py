@@ -268,7 +268,7 @@ class SpaceServer:
         nickname = verification.nickname or join.nickname
         if nickname is None:
             raise BadInput("nickname is required")
-        app_gave_avatar = verification.avatar_config is not None
+        app_gave_avatar = verification.avatar_given
         return Identity(
             player_id=verification.participant_id,
             nickname=nickname,

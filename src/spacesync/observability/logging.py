@@ -91,6 +91,17 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=_jsonable).decode()
 
 
+class _LibraryErrorsAreWarnings(logging.Filter):
+    """engineio/socketio report a client's protocol mistakes (a poll on a closed session, a bad
+    packet) at error level with no exception; those are the client's problem, not an alert."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and not record.exc_info:
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
 class _BelowWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING
@@ -130,6 +141,13 @@ def configure_logging(level: str, node: str) -> None:
     # Library chatter below warning is noise for operators.
     for name in ("engineio", "socketio", "aiohttp", "asyncio", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, LEVEL_NUMBERS[level]))
+    for name in ("engineio.server", "socketio.server"):
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+        library.setLevel(max(logging.WARNING, LEVEL_NUMBERS[level]))
+        if not any(isinstance(f, _LibraryErrorsAreWarnings) for f in library.filters):
+            library.addFilter(_LibraryErrorsAreWarnings())
     logging.captureWarnings(True)
 
 
