@@ -129,7 +129,10 @@ class ServerProcess:
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1.0) as response:
-                    if response.status == 200:
+                    # The start-up line proves the answer came from this process, not from
+                    # another server that happens to hold the same port.
+                    quiet = (self.env.get("LOG_LEVEL") or "").lower() in ("warn", "error")
+                    if response.status == 200 and (quiet or self.find_logs(code="E6001")):
                         return self
                     last_error = f"HTTP {response.status}"
             except urllib.error.HTTPError as exc:

@@ -70,6 +70,8 @@ class Arrival:
     party: Party
     member: Member
     departures: tuple[Departure, ...] = ()
+    new_member: bool = True
+    """False when the player was already a member (entering the same zone again)."""
 
 
 def new_party_id() -> str:
@@ -170,7 +172,7 @@ class SpaceParties:
         if party is not None and party.kind != "zone":
             raise PartyError("That party needs an invitation")
         if party is not None and member.id in party.members:
-            return Arrival(party, member)
+            return Arrival(party, member, new_member=False)
         if party is not None and party.full:
             raise PartyError(f"The party is full ({PARTY_SIZE_LIMIT} members)")
         departures = self._leave_kind(member.id, "zone")

@@ -631,6 +631,8 @@ class SpaceServer:
             "leaderId": party.leader_id,
             "kind": party.kind,
         })
+        if not arrival.new_member:
+            return
         others = [pid for pid in party.members if pid != arrival.member.id]
         await self.out.to_players(session.space_id, others, "party:member_joined", {
             "partyId": party.id,
