@@ -11,6 +11,7 @@ from __future__ import annotations
 import json as _stdlib_json
 from typing import Any
 
+import engineio.payload
 import orjson
 import socketio
 
@@ -36,6 +37,12 @@ class FastJson:
                 return _stdlib_json.loads(text)
             except RecursionError as exc:
                 raise ValueError("payload nested too deeply") from exc
+
+
+# A long-polling client sends everything queued since its last POST in one payload; at 60 moves
+# a second a slow round trip easily exceeds engine.io's default of 16 packets, and the client
+# would be disconnected for it. The payload stays bounded by the 64 KiB transport limit.
+engineio.payload.Payload.max_decode_packets = 1024
 
 
 class SpaceSocketServer(socketio.AsyncServer):
