@@ -11,11 +11,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from engineio import packet as eio_packet
 
 from . import __version__, protocol
 from .config import Settings
 from .fanout import Broadcaster
 from .handlers.events import SpaceServer
+from .handlers.session import Session
 from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
 from .observability.logging import install_alert_handler, log
@@ -28,7 +30,8 @@ PING_INTERVAL = 25
 PING_TIMEOUT = 10
 MAX_MESSAGE_BYTES = 64 * 1024
 HOUSEKEEPING_SECONDS = 30.0
-SHUTDOWN_BUDGET = 8.0
+SHUTDOWN_BUDGET = 7.5
+CLOSE_GRACE = 0.3
 _JSON_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, OPTIONS",
@@ -65,8 +68,9 @@ class SpacesyncNode:
             logger=logging.getLogger("socketio.server"),
             engineio_logger=logging.getLogger("engineio.server"),
         )
-        self.app_client = AppClient(settings.app_url, settings.app_api_secret,
-                                    settings.verify_timeout)
+        self.app_client = AppClient(
+            settings.app_url, settings.app_api_secret, settings.verify_timeout
+        )
         self.exits = ExitOutbox(self.app_client)
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
         self.broadcaster = Broadcaster(self.sio)
@@ -112,11 +116,13 @@ class SpacesyncNode:
             return _json({"error": "Method not allowed"}, status=405)
 
     async def health(self, request: web.Request) -> web.Response:
-        return _json({
-            "status": "ok",
-            "timestamp": int(time.time() * 1000),
-            "uptime": round(self.figures.uptime, 3),
-        })
+        return _json(
+            {
+                "status": "ok",
+                "timestamp": int(time.time() * 1000),
+                "uptime": round(self.figures.uptime, 3),
+            }
+        )
 
     async def ready(self, request: web.Request) -> web.Response:
         if self.stopping:
@@ -134,16 +140,21 @@ class SpacesyncNode:
         if not protocol.ID_RE.fullmatch(space_id):
             return _json({"error": "Invalid spaceId"}, status=400)
         players = await self.store.players(space_id)
-        return _json({
-            "spaceId": space_id,
-            "onlineUsers": [
-                {"id": p.id, "nickname": p.identity.nickname,
-                 "avatarColor": p.identity.avatar_color}
-                for p in players
-            ],
-            "count": len(players),
-            "timestamp": int(time.time() * 1000),
-        })
+        return _json(
+            {
+                "spaceId": space_id,
+                "onlineUsers": [
+                    {
+                        "id": p.id,
+                        "nickname": p.identity.nickname,
+                        "avatarColor": p.identity.avatar_color,
+                    }
+                    for p in players
+                ],
+                "count": len(players),
+                "timestamp": int(time.time() * 1000),
+            }
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         rooms = self.server.local_spaces()
@@ -194,11 +205,13 @@ class SpacesyncNode:
         if self.alerter.enabled:
             self._alert_handler = install_alert_handler(self.alerter.observe)
         self.exits.start()
-        self._runner = web.AppRunner(self.web, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
+        self._runner = web.AppRunner(
+            self.web, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port,
-                                 reuse_address=True)
+        self._site = web.TCPSite(
+            self._runner, self.settings.host, self.settings.port, reuse_address=True
+        )
         await self._site.start()
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         log.info(
@@ -231,33 +244,75 @@ class SpacesyncNode:
         with contextlib.suppress(Exception):
             await self.server.broadcast_system("The server is restarting; reconnecting shortly.")
         # Closing the transport (not a Socket.IO disconnect) makes clients reconnect by themselves.
+        # A WebSocket is closed at once. A long-polling client collects the notice, then a CLOSE
+        # packet in a poll of its own (the official client drops messages that arrive in the
+        # same poll as a CLOSE, and closing the session first would answer its poll with a 400),
+        # and is closed for good once it has collected that or the grace period is over.
+        polling: list[Session] = []
         for session in list(self.server.sessions.values()):
             session.closing_reason = "disconnect:server shutting down"
-            eio_sid = self.sio.manager.eio_sid_from_sid(session.sid, "/")
-            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+            sock = self._engine_socket(session.sid)
             try:
-                if sock is not None:
+                if sock is None:
+                    await self.server.on_disconnect(session.sid, "server shutting down")
+                elif sock.upgraded:
                     await sock.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
                 else:
-                    await self.server.on_disconnect(session.sid, "server shutting down")
+                    polling.append(session)
             except Exception as exc:
-                log.error("E6002", "Closing a client during shutdown failed", exc=exc,
-                          socketId=session.sid)
-        flush_deadline = min(deadline - 4, time.monotonic() + 1.5)
-        while time.monotonic() < flush_deadline and any(
-            not s.queue.empty() for s in list(self.sio.eio.sockets.values())
-        ):
-            await asyncio.sleep(0.02)
+                log.error(
+                    "E6002",
+                    "Closing a client during shutdown failed",
+                    exc=exc,
+                    socketId=session.sid,
+                )
+        if polling:
+            await self._wait_for_polls(min(deadline - 5, time.monotonic() + 1.0))
+            for session in polling:
+                sock = self._engine_socket(session.sid)
+                if sock is not None and not sock.closed:
+                    with contextlib.suppress(Exception):
+                        await sock.send(eio_packet.Packet(eio_packet.CLOSE))
+            await self._wait_for_polls(min(deadline - 4, time.monotonic() + 1.0))
+            # A long-poll that took its last packets still has to write its HTTP response.
+            await asyncio.sleep(CLOSE_GRACE)
+        for session in polling:
+            sock = self._engine_socket(session.sid)
+            with contextlib.suppress(Exception):
+                if sock is not None and not sock.closed:
+                    await sock.close(
+                        wait=False, abort=True, reason=self.sio.eio.reason.SERVER_DISCONNECT
+                    )
+                elif session.sid in self.server.sessions:
+                    await self.server.on_disconnect(session.sid, "server shutting down")
         if self._site is not None:
             with contextlib.suppress(Exception):
                 await self._site.stop()
-        left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1))
+        left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1.5))
         if left:
-            log.error("E4001", f"{left} EXIT events could not be delivered before shutdown",
-                      no_alert=False, undelivered=left)
+            log.error(
+                "E4001",
+                f"{left} EXIT events could not be delivered before shutdown",
+                no_alert=False,
+                undelivered=left,
+            )
         await self.alerter.flush(max(0.2, deadline - time.monotonic()))
         await self.close()
         log.info("E6002", "Shutdown complete")
+
+    async def _wait_for_polls(self, until: float) -> None:
+        """Wait until every engine.io queue has been collected by its client, or ``until``."""
+        while time.monotonic() < until and any(
+            not s.queue.empty() for s in list(self.sio.eio.sockets.values()) if not s.closed
+        ):
+            await asyncio.sleep(0.02)
+        # A poll that has just taken a packet goes on collecting for a moment; let it finish so
+        # that what is queued next travels in a response of its own.
+        await asyncio.sleep(0.05)
+
+    def _engine_socket(self, sid: str) -> Any:
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        return self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
 
     async def close(self) -> None:
         if self._housekeeping is not None:

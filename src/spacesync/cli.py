@@ -14,9 +14,7 @@ from .observability.logging import configure_logging, log
 EXIT_CONFIG = 2
 
 
-def _excepthook(
-    kind: type[BaseException], value: BaseException, tb: TracebackType | None
-) -> None:
+def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     log.error("E6003", "Fatal error", exc=value.with_traceback(tb))
 
 
@@ -35,8 +33,11 @@ async def serve(settings: Settings) -> int:
     try:
         await node.start()
     except OSError as exc:
-        log.error("E6003", f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-                  no_alert=True)
+        log.error(
+            "E6003",
+            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            no_alert=True,
+        )
         await node.close()
         return 1
     stop: asyncio.Future[str] = loop.create_future()

@@ -62,8 +62,11 @@ class Broadcaster:
             await self.sio.enter_room(sid, plain_moves_room(space_id))
 
     async def leave_space(self, sid: str, space_id: str, player_id: str) -> None:
-        for room in (space_room(space_id), player_room(space_id, player_id),
-                     plain_moves_room(space_id)):
+        for room in (
+            space_room(space_id),
+            player_room(space_id, player_id),
+            plain_moves_room(space_id),
+        ):
             await self.sio.leave_room(sid, room)
         moves = self._spaces.get(space_id)
         if moves is not None:
@@ -88,7 +91,11 @@ class Broadcaster:
         await self.sio.emit(event, data, room=space_room(space_id), skip_sid=skip_sid)
 
     async def to_players(
-        self, space_id: str, player_ids: list[str], event: str, data: Any,
+        self,
+        space_id: str,
+        player_ids: list[str],
+        event: str,
+        data: Any,
         skip_sid: str | None = None,
     ) -> None:
         if not player_ids:
@@ -140,7 +147,8 @@ class Broadcaster:
             senders = {sid for sid, _ in entries}
             for sid in list(moves.batched_sids):
                 batch = (
-                    [payload for s, payload in entries if s != sid] if sid in senders
+                    [payload for s, payload in entries if s != sid]
+                    if sid in senders
                     else everything
                 )
                 if batch:

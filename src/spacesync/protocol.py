@@ -347,8 +347,9 @@ def chat_type(payload: Any) -> str:
     return "message"
 
 
-def parse_chat(payload: Any, *, default_type: str = "message", event: str = "chat:message"
-               ) -> ChatMessage:
+def parse_chat(
+    payload: Any, *, default_type: str = "message", event: str = "chat:message"
+) -> ChatMessage:
     data = _object(payload, event)
     kind = data.get("type", default_type)
     if kind is None:
@@ -375,8 +376,12 @@ def parse_whisper(payload: Any) -> ChatMessage:
     if message.target_id is None and message.target_nickname is None:
         raise BadInput("targetId or targetNickname is required")
     return ChatMessage(
-        message.content, "whisper", message.target_id, message.target_nickname,
-        None, message.reply_to,
+        message.content,
+        "whisper",
+        message.target_id,
+        message.target_nickname,
+        None,
+        message.reply_to,
     )
 
 

@@ -53,5 +53,13 @@ class SpaceSocketServer(socketio.AsyncServer):
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
             self._binary_packet.pop(eio_sid, None)
-            log.warn("E3001", f"Malformed Socket.IO packet dropped: {type(exc).__name__}",
-                     socketId=self.manager.sid_from_eio_sid(eio_sid, "/") or eio_sid)
+            sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+            log.warn(
+                "E3001",
+                f"Malformed Socket.IO packet dropped: {type(exc).__name__}",
+                socketId=sid or eio_sid,
+            )
+            if sid is not None:
+                await self.emit(
+                    "error", {"message": "Malformed packet", "code": "INVALID_PAYLOAD"}, to=sid
+                )

@@ -51,7 +51,7 @@ def anonymous_player_id() -> str:
 def token_user_id(token: str | None) -> str | None:
     """The user id of an ``auth-<userId>`` token, else ``None``."""
     if token and token.startswith("auth-") and len(token) > len("auth-"):
-        return token[len("auth-"):]
+        return token[len("auth-") :]
     return None
 
 

@@ -124,14 +124,20 @@ class SpaceServer:
                     target = {"whisper": "whisper:error", "party": "party:error"}.get(
                         protocol.chat_type(payload), "chat:error"
                     )
-                log.warn("E3001", f"Bad payload for {event}: {exc}", event=event,
-                         **session.context())
+                log.warn(
+                    "E3001", f"Bad payload for {event}: {exc}", event=event, **session.context()
+                )
                 await self._reply_error(session, target, str(exc))
             except PartyError as exc:
                 await self.out.to_sid(session.sid, "party:error", {"message": str(exc)})
             except Exception as exc:
-                log.error("E3003", f"Handler for {event} failed", exc=exc, event=event,
-                          **session.context())
+                log.error(
+                    "E3003",
+                    f"Handler for {event} failed",
+                    exc=exc,
+                    event=event,
+                    **session.context(),
+                )
                 await self._safe_error(session, "Internal server error", "INTERNAL_ERROR")
 
         return guarded
@@ -151,7 +157,15 @@ class SpaceServer:
             pass
 
     async def _ignore_unknown(self, event: Any, sid: str, *args: Any) -> None:
-        log.debug("I3001", "Unknown event ignored", event=str(event)[:100], socketId=sid)
+        if isinstance(event, str):
+            log.debug("I3001", "Unknown event ignored", event=event[:100], socketId=sid)
+            return
+        # An event "name" that is not a string is a malformed packet, not an unknown event.
+        self.bad_inputs += 1
+        log.warn("E3001", "Event name must be a string", socketId=sid)
+        await self.out.to_sid(
+            sid, "error", {"message": "Event name must be a string", "code": "INVALID_PAYLOAD"}
+        )
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -190,8 +204,7 @@ class SpaceServer:
                 user_id=v.user_id or token_user_id(token),
                 verified=True,
             )
-        self._log_verification_failure(result.status, result.detail, socketId=sid,
-                                       spaceId=space_id)
+        self._log_verification_failure(result.status, result.detail, socketId=sid, spaceId=space_id)
         if not self.settings.development:
             raise socketio.exceptions.ConnectionRefusedError("Invalid session")
         return None
@@ -223,8 +236,10 @@ class SpaceServer:
         dev = self.settings.development
         token = join.session_token
         pre = session.pre_verified
-        if pre is not None and (token is None or token == pre.token) and (
-            pre.space_id is None or pre.space_id == join.space_id
+        if (
+            pre is not None
+            and (token is None or token == pre.token)
+            and (pre.space_id is None or pre.space_id == join.space_id)
         ):
             identity = pre.identity
             if not identity.nickname:
@@ -315,12 +330,16 @@ class SpaceServer:
         )
         if result.replaced_sid is not None:
             await self._evict_replaced(result.replaced_sid, session)
-        await self.out.to_sid(session.sid, "room:joined", {
-            "spaceId": join.space_id,
-            "players": [p.position() for p in result.roster],
-            "yourPlayerId": identity.player_id,
-            "proximity": await self.store.proximity(join.space_id),
-        })
+        await self.out.to_sid(
+            session.sid,
+            "room:joined",
+            {
+                "spaceId": join.space_id,
+                "players": [p.position() for p in result.roster],
+                "yourPlayerId": identity.player_id,
+                "proximity": await self.store.proximity(join.space_id),
+            },
+        )
         await self.out.to_sid(
             session.sid, "proximity:status", {"enabled": await self.store.proximity(join.space_id)}
         )
@@ -330,20 +349,28 @@ class SpaceServer:
             )
             await self._system(join.space_id, f"{sanitize(identity.nickname)} joined")
         log.info(
-            "I2001", "Player joined space", verified=identity.verified, role=identity.role,
-            replaced=result.replaced_sid is not None, **session.context(),
+            "I2001",
+            "Player joined space",
+            verified=identity.verified,
+            role=identity.role,
+            replaced=result.replaced_sid is not None,
+            **session.context(),
         )
 
     async def _send_room_state(self, session: Session, space_id: str) -> None:
         assert session.identity is not None
         roster = await self.store.players(space_id)
         enabled = await self.store.proximity(space_id)
-        await self.out.to_sid(session.sid, "room:joined", {
-            "spaceId": space_id,
-            "players": [p.position() for p in roster],
-            "yourPlayerId": session.identity.player_id,
-            "proximity": enabled,
-        })
+        await self.out.to_sid(
+            session.sid,
+            "room:joined",
+            {
+                "spaceId": space_id,
+                "players": [p.position() for p in roster],
+                "yourPlayerId": session.identity.player_id,
+                "proximity": enabled,
+            },
+        )
         await self.out.to_sid(session.sid, "proximity:status", {"enabled": enabled})
 
     async def _evict_replaced(self, old_sid: str, new: Session) -> None:
@@ -354,12 +381,20 @@ class SpaceServer:
         old.closing_reason = "replaced"
         if old.space_id is not None and old.identity is not None:
             await self.out.leave_space(old_sid, old.space_id, old.identity.player_id)
-        log.warn("E2003", "Duplicate session: older connection closed", replacedSocketId=old_sid,
-                 **new.context())
-        await self.out.to_sid(old_sid, "error", {
-            "message": "Connected from another device; this connection was closed",
-            "code": "DUPLICATE_SESSION",
-        })
+        log.warn(
+            "E2003",
+            "Duplicate session: older connection closed",
+            replacedSocketId=old_sid,
+            **new.context(),
+        )
+        await self.out.to_sid(
+            old_sid,
+            "error",
+            {
+                "message": "Connected from another device; this connection was closed",
+                "code": "DUPLICATE_SESSION",
+            },
+        )
         await self.sio.disconnect(old_sid)
 
     async def _refuse(self, session: Session, message: str, code: str) -> None:
@@ -392,9 +427,15 @@ class SpaceServer:
         event = exit_event_for(identity.session_token, space_id, reason, duration, player_id)
         if event is not None:
             self.exits.submit(event)
-        log.info("I2002", "Player left space", reason=reason,
-                 durationSeconds=round(duration), socketId=session.sid, spaceId=space_id,
-                 playerId=player_id)
+        log.info(
+            "I2002",
+            "Player left space",
+            reason=reason,
+            durationSeconds=round(duration),
+            socketId=session.sid,
+            spaceId=space_id,
+            playerId=player_id,
+        )
 
     # -- movement ------------------------------------------------------------------------------
 
@@ -402,7 +443,11 @@ class SpaceServer:
         move = protocol.parse_move(payload)
         assert session.space_id is not None and session.identity is not None
         player = self.store.move(
-            session.space_id, session.identity.player_id, move.x, move.y, move.direction,
+            session.space_id,
+            session.identity.player_id,
+            move.x,
+            move.y,
+            move.direction,
             move.is_moving,
         )
         if player is not None:
@@ -413,7 +458,8 @@ class SpaceServer:
         assert session.space_id is not None and session.identity is not None
         await self.out.flush(session.space_id)
         await self.out.to_space(
-            session.space_id, "player:jumped",
+            session.space_id,
+            "player:jumped",
             {"id": session.identity.player_id, "x": jump.x, "y": jump.y},
             skip_sid=session.sid,
         )
@@ -468,8 +514,9 @@ class SpaceServer:
         decision = await self.store.allow_chat(session.identity.player_id, content, time.time())
         if decision.allowed:
             return False
-        log.info("E3002", "Message rejected by rate limit", rule=decision.reason,
-                 **session.context())
+        log.info(
+            "E3002", "Message rejected by rate limit", rule=decision.reason, **session.context()
+        )
         payload: dict[str, Any] = {"message": decision.reason}
         if decision.retry_after:
             payload["retryAfter"] = decision.retry_after
@@ -522,13 +569,18 @@ class SpaceServer:
         data = self._chat_data(
             session, message, targetId=target.id, targetNickname=target.identity.nickname
         )
-        await self.out.to_players(space_id, [target.id], "whisper:received", {
-            "senderId": me,
-            "senderName": session.identity.nickname,
-            "content": data["content"],
-            "timestamp": data["timestamp"],
-            "id": data["id"],
-        })
+        await self.out.to_players(
+            space_id,
+            [target.id],
+            "whisper:received",
+            {
+                "senderId": me,
+                "senderName": session.identity.nickname,
+                "content": data["content"],
+                "timestamp": data["timestamp"],
+                "id": data["id"],
+            },
+        )
         await self.out.to_players(space_id, [target.id], "whisper:receive", data)
         await self.out.to_sid(session.sid, "whisper:sent", data)
 
@@ -570,13 +622,18 @@ class SpaceServer:
             )
             party = parties.get(invitation.party_id)
             name = party.name if party else ""
-        await self.out.to_players(session.space_id, [target.id], "party:invited", {
-            "partyId": invitation.party_id,
-            "partyName": name,
-            "inviterId": session.identity.player_id,
-            "inviterName": session.identity.nickname,
-            "expiresAt": int(invitation.expires_at * 1000),
-        })
+        await self.out.to_players(
+            session.space_id,
+            [target.id],
+            "party:invited",
+            {
+                "partyId": invitation.party_id,
+                "partyName": name,
+                "inviterId": session.identity.player_id,
+                "inviterName": session.identity.nickname,
+                "expiresAt": int(invitation.expires_at * 1000),
+            },
+        )
 
     async def party_accept(self, session: Session, payload: Any) -> None:
         ref = protocol.parse_party_ref(payload, "party:accept", required=True)
@@ -592,10 +649,15 @@ class SpaceServer:
         assert ref.party_id is not None
         async with self.store.parties(session.space_id) as parties:
             invitation = parties.decline(session.identity.player_id, ref.party_id, time.time())
-        await self.out.to_players(session.space_id, [invitation.inviter_id], "party:declined", {
-            "partyId": invitation.party_id,
-            "targetId": invitation.target_id,
-        })
+        await self.out.to_players(
+            session.space_id,
+            [invitation.inviter_id],
+            "party:declined",
+            {
+                "partyId": invitation.party_id,
+                "targetId": invitation.target_id,
+            },
+        )
 
     async def party_leave(self, session: Session, payload: Any) -> None:
         ref = protocol.parse_party_ref(payload, "party:leave", required=False)
@@ -624,20 +686,29 @@ class SpaceServer:
         for departure in arrival.departures:
             await self._announce_departure(session.space_id, departure, session)
         party = arrival.party
-        await self.out.to_sid(session.sid, "party:joined", {
-            "partyId": party.id,
-            "partyName": party.name,
-            "members": party.members_wire(),
-            "leaderId": party.leader_id,
-            "kind": party.kind,
-        })
+        await self.out.to_sid(
+            session.sid,
+            "party:joined",
+            {
+                "partyId": party.id,
+                "partyName": party.name,
+                "members": party.members_wire(),
+                "leaderId": party.leader_id,
+                "kind": party.kind,
+            },
+        )
         if not arrival.new_member:
             return
         others = [pid for pid in party.members if pid != arrival.member.id]
-        await self.out.to_players(session.space_id, others, "party:member_joined", {
-            "partyId": party.id,
-            "member": arrival.member.to_wire(),
-        })
+        await self.out.to_players(
+            session.space_id,
+            others,
+            "party:member_joined",
+            {
+                "partyId": party.id,
+                "member": arrival.member.to_wire(),
+            },
+        )
 
     async def _announce_departure(
         self, space_id: str, departure: Departure, leaver: Session | None
@@ -649,8 +720,9 @@ class SpaceServer:
         data: dict[str, Any] = {"partyId": departure.party.id, "memberId": departure.member_id}
         if departure.party.leader_id is not None:
             data["leaderId"] = departure.party.leader_id
-        await self.out.to_players(space_id, list(departure.party.members), "party:member_left",
-                                  data)
+        await self.out.to_players(
+            space_id, list(departure.party.members), "party:member_left", data
+        )
 
     # -- proximity -----------------------------------------------------------------------------
 
@@ -661,16 +733,24 @@ class SpaceServer:
         request = protocol.parse_proximity(payload)
         assert session.space_id is not None and session.identity is not None
         if not session.identity.privileged:
-            log.warn("E1004", "Permission denied: proximity:set", role=session.identity.role,
-                     **session.context())
+            log.warn(
+                "E1004",
+                "Permission denied: proximity:set",
+                role=session.identity.role,
+                **session.context(),
+            )
             await self.out.to_sid(session.sid, "proximity:error", {"message": "Permission denied"})
             return
         await self.store.set_proximity(session.space_id, request.enabled)
-        await self.out.to_space(session.space_id, "proximity:changed", {
-            "spaceId": session.space_id,
-            "enabled": request.enabled,
-            "changedBy": session.identity.player_id,
-        })
+        await self.out.to_space(
+            session.space_id,
+            "proximity:changed",
+            {
+                "spaceId": session.space_id,
+                "enabled": request.enabled,
+                "changedBy": session.identity.player_id,
+            },
+        )
         state = "on" if request.enabled else "off"
         await self._system(
             session.space_id,

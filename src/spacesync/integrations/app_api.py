@@ -180,8 +180,9 @@ class ExitOutbox:
                 status = response.status_code
                 if 200 <= status < 300:
                     self.delivered += 1
-                    log.debug("I4001", "EXIT logged", spaceId=event.space_id,
-                              playerId=event.player_id)
+                    log.debug(
+                        "I4001", "EXIT logged", spaceId=event.space_id, playerId=event.player_id
+                    )
                     return
                 problem = f"HTTP {status}"
             except (httpx.TimeoutException, TimeoutError):

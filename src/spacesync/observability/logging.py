@@ -23,8 +23,12 @@ LEVEL_NAMES = {
     logging.ERROR: "error",
     logging.CRITICAL: "error",
 }
-LEVEL_NUMBERS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-                 "error": logging.ERROR}
+LEVEL_NUMBERS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 # Codes given to records that come from libraries rather than from spacesync itself.
 _LIBRARY_CODES = {
@@ -40,9 +44,7 @@ def iso_now() -> str:
 
 
 def iso_from_timestamp(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _jsonable(value: Any) -> Any:
