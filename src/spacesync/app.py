@@ -77,6 +77,7 @@ class SpacesyncNode:
         self.server = SpaceServer(
             self.sio, settings, self.store, self.broadcaster, self.app_client, self.exits
         )
+        self.sio.eio.fast_message = self.server.fast_message
         self.web = web.Application(middlewares=[self._cors_middleware])
         self.sio.attach(self.web, socketio_path="socket.io")
         self._add_routes()

@@ -5,19 +5,43 @@ most :data:`TICK_SECONDS`: only the newest position of each player goes out, exc
 of ``isMoving`` is never folded away. When a space has been quiet for a tick the first move goes
 out immediately, so idle spaces see no added latency. Events that must follow a player's last
 position (a jump, leaving) flush the space's pending moves first.
+
+Every recipient of a tick receives the same bytes, less its own moves: the frames are built once
+and written to each WebSocket in one call, instead of one task and one frame write per recipient
+and event as python-socketio's ``emit`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import socketio
+from engineio import packet as eio_packet
 
 TICK_SECONDS = 0.05
+_PLAIN_PREFIX = b'42["player:moved",'
+_BATCH_PREFIX = b'42["players:moved",['
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket text frame."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
+
+
+def _enqueue(sock: Any, packet: bytes) -> None:
+    """Queue a pre-encoded ``4…`` engine.io message on the socket's ordinary send path."""
+    sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, packet[1:].decode()))
 
 
 def space_room(space_id: str) -> str:
@@ -139,20 +163,88 @@ class Broadcaster:
         moves.pending = {}
         moves.last_flush = time.monotonic()
         self.moves_relayed += len(entries)
-        room = plain_moves_room(space_id)
-        for sender_sid, payload in entries:
-            await self.sio.emit("player:moved", payload, room=room, skip_sid=sender_sid)
+        bodies = [orjson.dumps(payload) for _, payload in entries]
+        own: dict[str, list[int]] = {}
+        for index, (sid, _) in enumerate(entries):
+            own.setdefault(sid, []).append(index)
+        namespace_rooms = self.sio.manager.rooms.get("/", {})
+        plain = namespace_rooms.get(plain_moves_room(space_id))
+        if plain:
+            self._send_each(plain, [_PLAIN_PREFIX + b + b"]" for b in bodies], own)
         if moves.batched_sids:
-            everything = [payload for _, payload in entries]
-            senders = {sid for sid, _ in entries}
-            for sid in list(moves.batched_sids):
-                batch = (
-                    [payload for s, payload in entries if s != sid]
-                    if sid in senders
-                    else everything
-                )
-                if batch:
-                    await self.sio.emit("players:moved", batch, to=sid)
+            self._send_batches(moves.batched_sids, bodies, own)
+
+    def _send_each(self, recipients: Any, packets: list[bytes], own: dict[str, list[int]]) -> None:
+        """Every recipient gets every packet but its own, as separate events, in one write."""
+        frames = [_ws_frame(p) for p in packets]
+        blob = b"".join(frames)
+        offsets = [0]
+        for frame in frames:
+            offsets.append(offsets[-1] + len(frame))
+        for sid, eio_sid in list(recipients.items()):
+            mine = own.get(sid)
+            transport, sock = self._direct(eio_sid)
+            if sock is None:
+                continue
+            if transport is None:
+                for index, packet in enumerate(packets):
+                    if mine is None or index not in mine:
+                        _enqueue(sock, packet)
+            elif mine is None:
+                transport.write(blob)
+            elif len(mine) == 1:
+                i = mine[0]
+                if len(frames) > 1:
+                    transport.write(blob[: offsets[i]] + blob[offsets[i + 1] :])
+            else:
+                rest = [f for index, f in enumerate(frames) if index not in mine]
+                if rest:
+                    transport.write(b"".join(rest))
+
+    def _send_batches(self, sids: set[str], bodies: list[bytes], own: dict[str, list[int]]) -> None:
+        """One ``players:moved`` array per batched recipient, its own moves left out."""
+        everything: bytes | None = None
+        manager = self.sio.manager
+        for sid in list(sids):
+            eio_sid = manager.eio_sid_from_sid(sid, "/")
+            if eio_sid is None:
+                continue
+            mine = own.get(sid)
+            if mine is None:
+                if everything is None:
+                    everything = _BATCH_PREFIX + b",".join(bodies) + b"]]"
+                packet = everything
+            else:
+                rest = [b for index, b in enumerate(bodies) if index not in mine]
+                if not rest:
+                    continue
+                packet = _BATCH_PREFIX + b",".join(rest) + b"]]"
+            transport, sock = self._direct(eio_sid)
+            if sock is None:
+                continue
+            if transport is None:
+                _enqueue(sock, packet)
+            else:
+                transport.write(_ws_frame(packet))
+
+    def _direct(self, eio_sid: str) -> tuple[Any, Any]:
+        """``(transport, socket)``: the raw transport when frames may be written straight to it.
+
+        That is the case for an upgraded WebSocket whose engine.io queue is empty: anything
+        already queued (a ``player:joined``, say) must reach the client first, so then the
+        packets go through the queue instead.
+        """
+        sock = self.sio.eio.sockets.get(eio_sid)
+        if sock is None or sock.closed:
+            return None, None
+        ws = getattr(sock, "raw_ws", None)
+        if ws is None or not sock.upgraded or sock.upgrading or not sock.queue.empty():
+            return None, sock
+        writer = getattr(ws, "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is None or transport.is_closing():
+            return None, sock
+        return transport, sock
 
     async def close(self) -> None:
         for task in list(self._tasks):

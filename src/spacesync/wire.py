@@ -8,12 +8,17 @@ traceback or an alert.
 
 from __future__ import annotations
 
+import asyncio
 import json as _stdlib_json
+from collections.abc import Callable
 from typing import Any
 
+import engineio
 import engineio.payload
 import orjson
 import socketio
+from aiohttp.web import WebSocketResponse
+from engineio.async_drivers import aiohttp as _aiohttp_driver
 
 from .observability.logging import log
 
@@ -39,6 +44,73 @@ class FastJson:
                 raise ValueError("payload nested too deeply") from exc
 
 
+_FAST_PATH_SLICE = 5.0
+
+
+class _UncompressedWebSocket(_aiohttp_driver.WebSocket):  # type: ignore[misc]
+    """The aiohttp WebSocket wrapper without per-message deflate, remembered by its socket.
+
+    Compressing every small position frame costs more CPU than the bytes it saves (the official
+    Node.js server also ships with compression off). The engine.io socket keeps a reference to
+    its ``WebSocketResponse`` so the broadcast path can write pre-built frames straight to it.
+    """
+
+    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        self._owner = getattr(self.handler, "__self__", None)
+        if self._owner is not None:
+            self._owner.raw_ws = self._sock
+        await self.handler(self)
+        return self._sock
+
+    async def wait(self) -> str | bytes:
+        """The next message for engine.io, after handling the hot events inline.
+
+        A ``player:move`` that the fast handler accepts never goes through engine.io's and
+        Socket.IO's per-message machinery (a task, a timeout, two packet decodes and a handler
+        dispatch each); anything else — pings, other events, malformed or unusual moves — goes
+        the ordinary way, in the order received. Every few seconds of uninterrupted moves a
+        NOOP is handed up so engine.io's read-timeout loop comes round.
+        """
+        fast = getattr(self.server, "fast_message", None)
+        owner = self._owner
+        loop = asyncio.get_running_loop()
+        hand_up_at = loop.time() + _FAST_PATH_SLICE
+        while True:
+            msg = await self._sock.receive()
+            data = msg.data
+            if isinstance(data, str):
+                if (
+                    fast is not None
+                    and owner is not None
+                    and owner.upgraded
+                    and data.startswith('42["')
+                    and fast(owner.sid, data)
+                ):
+                    if loop.time() >= hand_up_at:
+                        return "6"
+                    continue
+                return data
+            if isinstance(data, bytes):
+                return data
+            raise OSError()
+
+
+class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    fast_message: Callable[[str, str], bool] | None = None
+    """``(engine.io sid, message) -> handled``: inline handling of hot events (see above)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async = dict(self._async)
+        self._async["websocket"] = _UncompressedWebSocket
+
+
 # A long-polling client sends everything queued since its last POST in one payload; at 60 moves
 # a second a slow round trip easily exceeds engine.io's default of 16 packets, and the client
 # would be disconnected for it. The payload stays bounded by the 64 KiB transport limit.
@@ -47,6 +119,9 @@ engineio.payload.Payload.max_decode_packets = 1024
 
 class SpaceSocketServer(socketio.AsyncServer):
     """``AsyncServer`` that treats undecodable packets as bad input from one client."""
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return _EngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import socketio
 
 from .. import protocol
@@ -30,6 +31,7 @@ Handler = Callable[[Session, Any], Awaitable[None]]
 
 # Events a socket may send before it has joined a space; everything else is ignored until then.
 _BEFORE_JOIN = frozenset({"join:space", "proximity:set"})
+_MOVE_PREFIX = '42["player:move",'
 
 
 def _now_ms() -> int:
@@ -100,6 +102,37 @@ class SpaceServer:
         for event, handler in routes.items():
             sio.on(event, self._guard(event, handler))
         sio.on("*", self._ignore_unknown)
+
+    def fast_message(self, eio_sid: str, text: str) -> bool:
+        """Handle a well-formed ``player:move`` from a joined socket without the Socket.IO
+        dispatch; return False (and touch nothing) for anything else, which then takes the
+        ordinary path with its validation errors and replies."""
+        if not text.startswith(_MOVE_PREFIX):
+            return False
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        session = self.sessions.get(sid) if sid is not None else None
+        if session is None or session.closing_reason is not None or not session.joined:
+            return False
+        try:
+            args = orjson.loads(text[2:])
+            if len(args) != 2:
+                return False
+            move = protocol.parse_move(protocol.check_envelope((args[1],)))
+        except (ValueError, BadInput):
+            return False
+        assert session.space_id is not None and session.identity is not None
+        self.events_handled += 1
+        player = self.store.move(
+            session.space_id,
+            session.identity.player_id,
+            move.x,
+            move.y,
+            move.direction,
+            move.is_moving,
+        )
+        if player is not None:
+            self.out.queue_move(session.space_id, session.sid, player.id, player.moved())
+        return True
 
     def _guard(self, event: str, handler: Handler) -> Callable[..., Awaitable[None]]:
         """Wrap a handler: joined check, binary check, bad input replies, no escaped errors."""
