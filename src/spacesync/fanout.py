@@ -73,6 +73,8 @@ class Broadcaster:
         self.tick = tick
         self._spaces: dict[str, _SpaceMoves] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._out: dict[Any, list[bytes]] = {}
+        self._flush_scheduled = False
         self.moves_relayed = 0
 
     # -- membership ----------------------------------------------------------------------------
@@ -107,12 +109,36 @@ class Broadcaster:
     # -- plain emits ---------------------------------------------------------------------------
 
     async def to_sid(self, sid: str, event: str, data: Any) -> None:
-        await self.sio.emit(event, data, to=sid)
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            self._broadcast({sid: eio_sid}, event, data, None)
+
+    def _write(self, transport: Any, data: bytes) -> None:
+        """Collect what each socket is sent during one turn of the event loop and write it in
+        one call at the end of the turn: a join storm or a busy tick costs one system call per
+        socket, not one per event."""
+        pending = self._out.get(transport)
+        if pending is None:
+            self._out[transport] = [data]
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_writes)
+        else:
+            pending.append(data)
+
+    def _flush_writes(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, {}
+        for transport, chunks in out.items():
+            if transport.is_closing():
+                continue
+            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def to_space(
         self, space_id: str, event: str, data: Any, skip_sid: str | None = None
     ) -> None:
-        await self.sio.emit(event, data, room=space_room(space_id), skip_sid=skip_sid)
+        rooms = self.sio.manager.rooms.get("/", {})
+        self._broadcast(rooms.get(space_room(space_id)), event, data, skip_sid)
 
     async def to_players(
         self,
@@ -124,8 +150,28 @@ class Broadcaster:
     ) -> None:
         if not player_ids:
             return
-        rooms = [player_room(space_id, pid) for pid in player_ids]
-        await self.sio.emit(event, data, to=rooms, skip_sid=skip_sid)
+        rooms = self.sio.manager.rooms.get("/", {})
+        recipients: dict[str, str] = {}
+        for pid in player_ids:
+            recipients.update(rooms.get(player_room(space_id, pid)) or {})
+        self._broadcast(recipients, event, data, skip_sid)
+
+    def _broadcast(self, recipients: Any, event: str, data: Any, skip_sid: str | None) -> None:
+        """One event to many sockets: encoded once, the same frame written to each."""
+        if not recipients:
+            return
+        packet = b"42" + orjson.dumps([event, data])
+        frame = _ws_frame(packet)
+        for sid, eio_sid in list(recipients.items()):
+            if sid == skip_sid:
+                continue
+            transport, sock = self._direct(eio_sid)
+            if sock is None:
+                continue
+            if transport is None:
+                _enqueue(sock, packet)
+            else:
+                self._write(transport, frame)
 
     # -- positions -----------------------------------------------------------------------------
 
@@ -191,15 +237,15 @@ class Broadcaster:
                     if mine is None or index not in mine:
                         _enqueue(sock, packet)
             elif mine is None:
-                transport.write(blob)
+                self._write(transport, blob)
             elif len(mine) == 1:
                 i = mine[0]
                 if len(frames) > 1:
-                    transport.write(blob[: offsets[i]] + blob[offsets[i + 1] :])
+                    self._write(transport, blob[: offsets[i]] + blob[offsets[i + 1] :])
             else:
                 rest = [f for index, f in enumerate(frames) if index not in mine]
                 if rest:
-                    transport.write(b"".join(rest))
+                    self._write(transport, b"".join(rest))
 
     def _send_batches(self, sids: set[str], bodies: list[bytes], own: dict[str, list[int]]) -> None:
         """One ``players:moved`` array per batched recipient, its own moves left out."""
@@ -225,7 +271,7 @@ class Broadcaster:
             if transport is None:
                 _enqueue(sock, packet)
             else:
-                transport.write(_ws_frame(packet))
+                self._write(transport, _ws_frame(packet))
 
     def _direct(self, eio_sid: str) -> tuple[Any, Any]:
         """``(transport, socket)``: the raw transport when frames may be written straight to it.
