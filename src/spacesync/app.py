@@ -215,6 +215,12 @@ class SpacesyncNode:
         )
         await self._site.start()
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        if self.settings.redis_url is not None:
+            log.warn(
+                "E6003",
+                "REDIS_URL is set, but this node serves its spaces alone: cluster mode is not "
+                "available in this version, so run a single node (or sticky-route each space)",
+            )
         log.info(
             "E6001",
             f"spacesync listening on {self.settings.host}:{self.settings.port}",
@@ -249,6 +255,7 @@ class SpacesyncNode:
         # packet in a poll of its own (the official client drops messages that arrive in the
         # same poll as a CLOSE, and closing the session first would answer its poll with a 400),
         # and is closed for good once it has collected that or the grace period is over.
+        self.broadcaster.write_out()
         polling: list[Session] = []
         for session in list(self.server.sessions.values()):
             session.closing_reason = "disconnect:server shutting down"

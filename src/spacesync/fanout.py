@@ -25,6 +25,7 @@ import socketio
 from engineio import packet as eio_packet
 
 TICK_SECONDS = 0.05
+WRITE_WINDOW = 0.005
 _PLAIN_PREFIX = b'42["player:moved",'
 _BATCH_PREFIX = b'42["players:moved",['
 
@@ -75,6 +76,7 @@ class Broadcaster:
         self._tasks: set[asyncio.Task[None]] = set()
         self._out: dict[Any, list[bytes]] = {}
         self._flush_scheduled = False
+        self._last_write_out = 0.0
         self.moves_relayed = 0
 
     # -- membership ----------------------------------------------------------------------------
@@ -114,20 +116,34 @@ class Broadcaster:
             self._broadcast({sid: eio_sid}, event, data, None)
 
     def _write(self, transport: Any, data: bytes) -> None:
-        """Collect what each socket is sent during one turn of the event loop and write it in
-        one call at the end of the turn: a join storm or a busy tick costs one system call per
-        socket, not one per event."""
+        """Collect what each socket is sent and write it in one call per socket: at the end of
+        this turn of the event loop, or, when the previous write-out was less than
+        :data:`WRITE_WINDOW` ago, at the end of that window. A quiet server answers at once; a
+        join storm or a busy space costs one system call per socket per window, not one per
+        event."""
         pending = self._out.get(transport)
         if pending is None:
             self._out[transport] = [data]
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_writes)
+                loop = asyncio.get_running_loop()
+                delay = self._last_write_out + WRITE_WINDOW - loop.time()
+                if delay <= 0:
+                    loop.call_soon(self._flush_writes)
+                else:
+                    loop.call_later(delay, self._flush_writes)
         else:
             pending.append(data)
 
+    def write_out(self) -> None:
+        """Write everything collected now; called before a socket is closed or disconnected
+        through the engine's own queue, so that nothing sent earlier is overtaken."""
+        if self._out:
+            self._flush_writes()
+
     def _flush_writes(self) -> None:
         self._flush_scheduled = False
+        self._last_write_out = asyncio.get_running_loop().time()
         out, self._out = self._out, {}
         for transport, chunks in out.items():
             if transport.is_closing():

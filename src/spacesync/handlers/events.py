@@ -428,11 +428,13 @@ class SpaceServer:
                 "code": "DUPLICATE_SESSION",
             },
         )
+        self.out.write_out()  # the error goes before the disconnect
         await self.sio.disconnect(old_sid)
 
     async def _refuse(self, session: Session, message: str, code: str) -> None:
         session.closing_reason = "refused"
         await self.out.to_sid(session.sid, "error", {"message": message, "code": code})
+        self.out.write_out()  # the error goes before the disconnect
         await self.sio.disconnect(session.sid)
 
     async def leave_space(self, session: Session, payload: Any) -> None:
