@@ -179,15 +179,8 @@ class Broadcaster:
         packet = b"42" + orjson.dumps([event, data])
         frame = _ws_frame(packet)
         for sid, eio_sid in list(recipients.items()):
-            if sid == skip_sid:
-                continue
-            transport, sock = self._direct(eio_sid)
-            if sock is None:
-                continue
-            if transport is None:
-                _enqueue(sock, packet)
-            else:
-                self._write(transport, frame)
+            if sid != skip_sid:
+                self._deliver(eio_sid, packet, frame)
 
     # -- positions -----------------------------------------------------------------------------
 
@@ -297,13 +290,18 @@ class Broadcaster:
                 if not kept:
                     continue
                 packet = _BATCH_PREFIX + b",".join(kept) + b"]]"
-            transport, sock = self._direct(eio_sid)
-            if sock is None:
-                continue
-            if transport is None:
-                _enqueue(sock, packet)
-            else:
-                self._write(transport, _ws_frame(packet))
+            self._deliver(eio_sid, packet)
+
+    def _deliver(self, eio_sid: str, packet: bytes, frame: bytes | None = None) -> None:
+        """One engine.io message to one socket: straight to its WebSocket when that is safe,
+        else through its engine.io queue (long-polling, upgrading, or packets already queued)."""
+        transport, sock = self._direct(eio_sid)
+        if sock is None:
+            return
+        if transport is None:
+            _enqueue(sock, packet)
+        else:
+            self._write(transport, frame if frame is not None else _ws_frame(packet))
 
     def _direct(self, eio_sid: str) -> tuple[Any, Any]:
         """``(transport, socket)``: the raw transport when frames may be written straight to it.

@@ -120,8 +120,13 @@ class SpaceServer:
             move = protocol.parse_move(protocol.check_envelope((args[1],)))
         except (ValueError, BadInput):
             return False
-        assert session.space_id is not None and session.identity is not None
         self.events_handled += 1
+        self._apply_move(session, move)
+        return True
+
+    def _apply_move(self, session: Session, move: protocol.Move) -> None:
+        """Store the position and queue it for the space's next tick."""
+        assert session.space_id is not None and session.identity is not None
         player = self.store.move(
             session.space_id,
             session.identity.player_id,
@@ -132,7 +137,6 @@ class SpaceServer:
         )
         if player is not None:
             self.out.queue_move(session.space_id, session.sid, player.id, player.moved())
-        return True
 
     def _guard(self, event: str, handler: Handler) -> Callable[..., Awaitable[None]]:
         """Wrap a handler: joined check, binary check, bad input replies, no escaped errors."""
@@ -475,18 +479,7 @@ class SpaceServer:
     # -- movement ------------------------------------------------------------------------------
 
     async def move(self, session: Session, payload: Any) -> None:
-        move = protocol.parse_move(payload)
-        assert session.space_id is not None and session.identity is not None
-        player = self.store.move(
-            session.space_id,
-            session.identity.player_id,
-            move.x,
-            move.y,
-            move.direction,
-            move.is_moving,
-        )
-        if player is not None:
-            self.out.queue_move(session.space_id, session.sid, player.id, player.moved())
+        self._apply_move(session, protocol.parse_move(payload))
 
     async def jump(self, session: Session, payload: Any) -> None:
         jump = protocol.parse_jump(payload)
