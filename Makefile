@@ -30,5 +30,8 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+bench: $(VENV)/.installed
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) tests/js/node_modules .pytest_cache
