@@ -11,29 +11,13 @@ import pytest
 
 from support.ids import dev_token, space_id, unique
 from support.jsclient import Bridge, JsClient
+from support.players import CHAT_KEYS
+from support.players import dev_player as player
 from support.server import ServerProcess
 
 TRANSPORTS = ["websocket", "polling"]
 POSITION_KEYS = {"id", "nickname", "x", "y", "direction", "isMoving"}
-CHAT_KEYS = {"id", "senderId", "senderNickname", "senderName", "content", "timestamp", "type"}
 QUIET = 0.5
-
-
-async def player(
-    bridge: Bridge,
-    server: ServerProcess,
-    space: str,
-    nickname: str,
-    *,
-    transport: str = "websocket",
-    player_id: str | None = None,
-) -> JsClient:
-    """A connected client that joined ``space`` in development mode."""
-    client = await bridge.connected(server.url, transports=[transport])
-    await client.join(
-        space, nickname, session_token=dev_token(), playerId=player_id or unique("player")
-    )
-    return client
 
 
 def by_id(players: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,21 +29,8 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 class ScriptServer(ServerProcess):
     """The server started through the installed `spacesync` console script."""
 
-    def spawn(self) -> ScriptServer:
-        self.proc = subprocess.Popen(
-            [str(CONSOLE_SCRIPT)],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self._threads = [
-            threading.Thread(target=self._reader, args=("stdout",), daemon=True),
-            threading.Thread(target=self._reader, args=("stderr",), daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
+    def command(self) -> list[str]:
+        return [str(CONSOLE_SCRIPT)]
 
 
 @contextlib.contextmanager

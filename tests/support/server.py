@@ -98,10 +98,14 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def command(self) -> list[str]:
+        """How the server is started (subclasses may start it another way)."""
+        return [self.python, "-m", self.module]
+
     def spawn(self) -> ServerProcess:
         """Start the process without waiting for it to become healthy."""
         self.proc = subprocess.Popen(
-            [self.python, "-m", self.module],
+            self.command(),
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
