@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 from aiohttp import web
 from engineio import packet as eio_packet
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from . import __version__, protocol
+from .cluster import ClusterBus, NodeMonitor
 from .config import Settings
 from .fanout import Broadcaster
 from .handlers.events import SpaceServer
@@ -24,6 +29,7 @@ from .observability.logging import install_alert_handler, log
 from .observability.metrics import METRICS_VERSION, ProcessFigures
 from .state.base import StateStore
 from .state.memory import MemoryStore
+from .state.redis import RedisStore
 from .wire import FastJson, SpaceSocketServer
 
 PING_INTERVAL = 25
@@ -32,6 +38,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 HOUSEKEEPING_SECONDS = 30.0
 SHUTDOWN_BUDGET = 7.5
 CLOSE_GRACE = 0.3
+REDIS_TIMEOUT = 1.0
 _JSON_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, OPTIONS",
@@ -56,6 +63,25 @@ class SpacesyncNode:
     def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
         self.settings = settings
         self.figures = ProcessFigures()
+        self.node_id = f"{settings.hostname}:{settings.port}:{secrets.token_hex(4)}"
+        self.redis: aioredis.Redis | None = None
+        self.bus: ClusterBus | None = None
+        self.monitor: NodeMonitor | None = None
+        if store is None and settings.redis_url is not None:
+            self.redis = aioredis.from_url(
+                settings.redis_url,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection may predate a restart
+            )
+            redis_store = RedisStore(self.redis, self.node_id)
+            self.bus = ClusterBus(self.redis, self.node_id)
+            redis_store.watcher = self.bus
+            self.bus.on_down = redis_store.mark_down
+            self.monitor = NodeMonitor(
+                self.redis, redis_store, self.bus, self.node_id, settings.hostname
+            )
+            store = redis_store
         self.store: StateStore = store or MemoryStore()
         self.sio = SpaceSocketServer(
             async_mode="aiohttp",
@@ -78,6 +104,11 @@ class SpacesyncNode:
             self.sio, settings, self.store, self.broadcaster, self.app_client, self.exits
         )
         self.sio.eio.fast_message = self.server.fast_message
+        if self.bus is not None and self.monitor is not None:
+            self.broadcaster.bus = self.bus
+            self.bus.receiver = self.broadcaster
+            self.bus.on_evict = self.server.evict_replaced_here
+            self.monitor.member = self.server
         self.web = web.Application(middlewares=[self._cors_middleware])
         self.sio.attach(self.web, socketio_path="socket.io")
         self._add_routes()
@@ -132,6 +163,8 @@ class SpacesyncNode:
             ok = await asyncio.wait_for(self.store.ready(), timeout=2.0)
         except Exception:
             ok = False
+        if self.bus is not None and not self.bus.connected:
+            ok = False
         if not ok:
             return _json({"status": "not ready"}, status=503)
         return _json({"status": "ready", "timestamp": int(time.time() * 1000)})
@@ -185,6 +218,7 @@ class SpacesyncNode:
                 "badInput": self.server.bad_inputs,
                 "movesRelayed": self.broadcaster.moves_relayed,
             },
+            **await self._cluster_metrics(),
             "exits": {
                 "backlog": self.exits.backlog,
                 "delivered": self.exits.delivered,
@@ -198,6 +232,34 @@ class SpacesyncNode:
             },
         }
         return _json(body, pretty=True)
+
+    async def _cluster_metrics(self) -> dict[str, Any]:
+        """Cluster-wide figures beside the node's own (cluster mode only)."""
+        if self.monitor is None or self.bus is None:
+            return {}
+        sizes = await self.store.space_sizes()
+        cluster: dict[str, Any] = {
+            "nodeId": self.node_id,
+            "redis": "ok" if await self.store.ready() else "unavailable",
+            "nodes": None,
+            "connections": sum(sizes.values()),
+            "rooms": [{"spaceId": s, "connections": n} for s, n in sorted(sizes.items())],
+            "roomCount": len(sizes),
+            "nodesLost": self.monitor.nodes_lost,
+            "redisOutages": self.monitor.outages,
+            "bus": {
+                "published": self.bus.published,
+                "received": self.bus.received,
+                "dropped": self.bus.dropped,
+            },
+        }
+        try:
+            members = (await self.monitor.cluster_figures())["nodes"]
+            cluster["nodes"] = len(members)
+            cluster["members"] = members
+        except Exception:
+            cluster["members"] = []
+        return {"cluster": cluster}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -215,12 +277,9 @@ class SpacesyncNode:
         )
         await self._site.start()
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
-        if self.settings.redis_url is not None:
-            log.warn(
-                "E6003",
-                "REDIS_URL is set, but this node serves its spaces alone: cluster mode is not "
-                "available in this version, so run a single node (or sticky-route each space)",
-            )
+        if self.bus is not None and self.monitor is not None:
+            self.bus.start()
+            await self.monitor.start()
         log.info(
             "E6001",
             f"spacesync listening on {self.settings.host}:{self.settings.port}",
@@ -228,6 +287,7 @@ class SpacesyncNode:
             port=self.settings.port,
             appUrl=self.settings.app_url,
             cluster=self.settings.redis_url is not None,
+            node=self.node_id if self.monitor is not None else None,
             alerts=self.alerter.enabled,
             version=__version__,
         )
@@ -296,6 +356,9 @@ class SpacesyncNode:
         if self._site is not None:
             with contextlib.suppress(Exception):
                 await self._site.stop()
+        if self.monitor is not None:
+            await self.bus_settle()
+            await self.monitor.leave_cluster()
         left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1.5))
         if left:
             log.error(
@@ -322,9 +385,18 @@ class SpacesyncNode:
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         return self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
 
+    async def bus_settle(self) -> None:
+        """Give what was published for the other nodes (players leaving) a moment to go out."""
+        if self.bus is not None:
+            await self.bus.drain(1.0)
+
     async def close(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self.monitor is not None:
+            await self.monitor.close()
+        if self.bus is not None:
+            await self.bus.close()
         await self.broadcaster.close()
         await self.exits.close()
         await self.alerter.close()
@@ -333,3 +405,6 @@ class SpacesyncNode:
                 await self._runner.cleanup()
         await self.app_client.close()
         await self.store.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()

@@ -18,11 +18,14 @@ import contextlib
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import socketio
 from engineio import packet as eio_packet
+
+if TYPE_CHECKING:
+    from .cluster import ClusterBus
 
 TICK_SECONDS = 0.05
 WRITE_WINDOW = 0.005
@@ -43,6 +46,10 @@ def _ws_frame(payload: bytes) -> bytes:
 def _enqueue(sock: Any, packet: bytes) -> None:
     """Queue a pre-encoded ``4…`` engine.io message on the socket's ordinary send path."""
     sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, packet[1:].decode()))
+
+
+def _packet(event: str, data: Any) -> bytes:
+    return b"42" + orjson.dumps([event, data])
 
 
 def space_room(space_id: str) -> str:
@@ -78,6 +85,8 @@ class Broadcaster:
         self._flush_scheduled = False
         self._last_write_out = 0.0
         self.moves_relayed = 0
+        self.bus: ClusterBus | None = None
+        """Set in cluster mode: what is sent here also goes to the players on other nodes."""
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -113,7 +122,7 @@ class Broadcaster:
     async def to_sid(self, sid: str, event: str, data: Any) -> None:
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         if eio_sid is not None:
-            self._broadcast({sid: eio_sid}, event, data, None)
+            self._deliver(eio_sid, _packet(event, data))
 
     def _write(self, transport: Any, data: bytes) -> None:
         """Collect what each socket is sent and write it in one call per socket: at the end of
@@ -151,10 +160,18 @@ class Broadcaster:
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def to_space(
-        self, space_id: str, event: str, data: Any, skip_sid: str | None = None
+        self,
+        space_id: str,
+        event: str,
+        data: Any,
+        skip_sid: str | None = None,
+        *,
+        local_only: bool = False,
     ) -> None:
-        rooms = self.sio.manager.rooms.get("/", {})
-        self._broadcast(rooms.get(space_room(space_id)), event, data, skip_sid)
+        packet = _packet(event, data)
+        self.deliver_event(space_id, packet, None, skip_sid)
+        if self.bus is not None and not local_only:
+            self.bus.publish_event(space_id, packet, None)
 
     async def to_players(
         self,
@@ -166,17 +183,42 @@ class Broadcaster:
     ) -> None:
         if not player_ids:
             return
-        rooms = self.sio.manager.rooms.get("/", {})
-        recipients: dict[str, str] = {}
-        for pid in player_ids:
-            recipients.update(rooms.get(player_room(space_id, pid)) or {})
-        self._broadcast(recipients, event, data, skip_sid)
+        packet = _packet(event, data)
+        self.deliver_event(space_id, packet, player_ids, skip_sid)
+        if self.bus is not None:
+            self.bus.publish_event(space_id, packet, player_ids)
 
-    def _broadcast(self, recipients: Any, event: str, data: Any, skip_sid: str | None) -> None:
-        """One event to many sockets: encoded once, the same frame written to each."""
+    def evict_elsewhere(self, node: str, space_id: str, player_id: str, sid: str) -> None:
+        """Ask another node to close a socket replaced by a newer one (SPEC §2.3)."""
+        if self.bus is not None:
+            self.bus.publish_evict(node, space_id, player_id, sid)
+
+    def publish_remote(self, space_id: str, event: str, data: Any) -> None:
+        """An event for the space's players on the other nodes only."""
+        if self.bus is not None:
+            self.bus.publish_event(space_id, _packet(event, data), None)
+
+    def deliver_event(
+        self,
+        space_id: str,
+        packet: bytes,
+        player_ids: list[str] | None,
+        skip_sid: str | None = None,
+    ) -> None:
+        """A packet to this node's sockets in a space, or only to those of ``player_ids``."""
+        rooms = self.sio.manager.rooms.get("/", {})
+        if player_ids is None:
+            recipients = rooms.get(space_room(space_id))
+        else:
+            recipients = {}
+            for pid in player_ids:
+                recipients.update(rooms.get(player_room(space_id, pid)) or {})
+        self._broadcast(recipients, packet, skip_sid)
+
+    def _broadcast(self, recipients: Any, packet: bytes, skip_sid: str | None) -> None:
+        """One event to many sockets: the same frame written to each."""
         if not recipients:
             return
-        packet = b"42" + orjson.dumps([event, data])
         frame = _ws_frame(packet)
         for sid, eio_sid in list(recipients.items()):
             if sid != skip_sid:
@@ -222,11 +264,21 @@ class Broadcaster:
         own: dict[str, list[int]] = {}
         for index, (sid, _) in enumerate(entries):
             own.setdefault(sid, []).append(index)
-        namespace_rooms = self.sio.manager.rooms.get("/", {})
-        plain = namespace_rooms.get(plain_moves_room(space_id))
+        self._send_moves(space_id, bodies, own)
+        if self.bus is not None:
+            self.bus.publish_moves(space_id, bodies)
+
+    def deliver_moves(self, space_id: str, bodies: list[bytes]) -> None:
+        """A tick of positions from another node, to this node's players in the space."""
+        self.moves_relayed += len(bodies)
+        self._send_moves(space_id, bodies, {})
+
+    def _send_moves(self, space_id: str, bodies: list[bytes], own: dict[str, list[int]]) -> None:
+        plain = self.sio.manager.rooms.get("/", {}).get(plain_moves_room(space_id))
         if plain:
             self._send_each(plain, [_PLAIN_PREFIX + b + b"]" for b in bodies], own)
-        if moves.batched_sids:
+        moves = self._spaces.get(space_id)
+        if moves is not None and moves.batched_sids:
             self._send_batches(moves.batched_sids, bodies, own)
 
     def _send_each(self, recipients: Any, packets: list[bytes], own: dict[str, list[int]]) -> None:

@@ -6,6 +6,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 _TAG_RE = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
@@ -74,6 +75,22 @@ class ChatRateLimiter:
             history.repeats = 1
         accepted.append(now)
         return ChatDecision(True)
+
+    def export(self, player_id: str) -> list[Any] | None:
+        """One player's history as JSON-ready data (for a shared store)."""
+        history = self._players.get(player_id)
+        if history is None:
+            return None
+        return [list(history.accepted), history.last_content, history.repeats]
+
+    def restore(self, player_id: str, data: list[Any] | None) -> None:
+        """Replace one player's history with what :meth:`export` gave."""
+        if data is None:
+            self._players.pop(player_id, None)
+            return
+        accepted, last_content, repeats = data
+        times = deque(float(t) for t in accepted)
+        self._players[player_id] = _History(times, last_content, int(repeats))
 
     def forget_idle(self, now: float) -> None:
         """Drop players with no message inside the window (keeps memory bounded)."""

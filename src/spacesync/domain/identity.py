@@ -72,6 +72,31 @@ class Identity:
     def privileged(self) -> bool:
         return self.role in PRIVILEGED_ROLES
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "playerId": self.player_id,
+            "nickname": self.nickname,
+            "avatarColor": self.avatar_color,
+            "avatarConfig": self.avatar_config,
+            "role": self.role,
+            "sessionToken": self.session_token,
+            "userId": self.user_id,
+            "verified": self.verified,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Identity:
+        return cls(
+            player_id=data["playerId"],
+            nickname=data["nickname"],
+            avatar_color=data.get("avatarColor", "default"),
+            avatar_config=data.get("avatarConfig"),
+            role=data.get("role", "PARTICIPANT"),
+            session_token=data.get("sessionToken"),
+            user_id=data.get("userId"),
+            verified=bool(data.get("verified", False)),
+        )
+
     def with_profile(
         self, nickname: str, avatar_color: str | None, avatar_config: AvatarConfig | None
     ) -> Identity:

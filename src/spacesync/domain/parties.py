@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 PARTY_SIZE_LIMIT = 50
 INVITATION_TTL = 300.0
@@ -239,3 +239,39 @@ class SpaceParties:
 
     def __len__(self) -> int:
         return len(self.parties)
+
+    # -- storage -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot (for a shared store); :meth:`from_dict` restores it."""
+        return {
+            "parties": [
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "kind": p.kind,
+                    "leader": p.leader_id,
+                    "members": [[m.id, m.nickname, m.avatar_color] for m in p.members.values()],
+                }
+                for p in self.parties.values()
+            ],
+            "invitations": [
+                [i.party_id, i.target_id, i.inviter_id, i.expires_at]
+                for i in self.invitations.values()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpaceParties:
+        parties = cls()
+        for item in data.get("parties", ()):
+            party = Party(item["id"], item["name"], item["kind"], item["leader"])
+            for member_id, nickname, color in item["members"]:
+                party.members[member_id] = Member(member_id, nickname, color)
+                index = parties.zone_of if party.kind == "zone" else parties.invite_party_of
+                index[member_id] = party.id
+            parties.parties[party.id] = party
+        for party_id, target_id, inviter_id, expires_at in data.get("invitations", ()):
+            invitation = Invitation(party_id, target_id, inviter_id, float(expires_at))
+            parties.invitations[(party_id, target_id)] = invitation
+        return parties

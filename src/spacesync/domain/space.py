@@ -44,6 +44,30 @@ class PlayerState:
             data["avatarConfig"] = identity.avatar_config
         return data
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything about the player, JSON-ready (for a shared store)."""
+        return {
+            "identity": self.identity.to_dict(),
+            "sid": self.sid,
+            "joinedAt": self.joined_at,
+            "x": self.x,
+            "y": self.y,
+            "direction": self.direction,
+            "isMoving": self.is_moving,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlayerState:
+        return cls(
+            identity=Identity.from_dict(data["identity"]),
+            sid=data["sid"],
+            joined_at=float(data["joinedAt"]),
+            x=data["x"],
+            y=data["y"],
+            direction=data["direction"],
+            is_moving=bool(data["isMoving"]),
+        )
+
     def moved(self) -> dict[str, Any]:
         """The ``player:moved`` payload: position without avatar fields."""
         return {

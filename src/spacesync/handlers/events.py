@@ -20,11 +20,12 @@ from ..config import Settings
 from ..domain.chat import sanitize
 from ..domain.identity import Identity, anonymous_player_id, token_user_id
 from ..domain.parties import Arrival, Departure, Member, PartyError, SpaceParties
+from ..domain.space import PlayerState
 from ..fanout import Broadcaster
 from ..integrations.app_api import AppClient, ExitOutbox, VerifyStatus, exit_event_for
 from ..observability.logging import log
 from ..protocol import BadInput, ChatMessage
-from ..state.base import StateStore
+from ..state.base import Departed, StateStore, StoreUnavailable
 from .session import PreVerified, Session
 
 Handler = Callable[[Session, Any], Awaitable[None]]
@@ -167,6 +168,18 @@ class SpaceServer:
                 await self._reply_error(session, target, str(exc))
             except PartyError as exc:
                 await self.out.to_sid(session.sid, "party:error", {"message": str(exc)})
+            except StoreUnavailable:
+                log.warn(
+                    "E3003",
+                    f"{event} refused: shared state is unavailable",
+                    event=event,
+                    **session.context(),
+                )
+                message = "This is unavailable for a moment; try again shortly"
+                if channel is None:
+                    await self._safe_error(session, message, "UNAVAILABLE")
+                else:
+                    await self.out.to_sid(session.sid, channel, {"message": message})
             except Exception as exc:
                 log.error(
                     "E3003",
@@ -365,8 +378,19 @@ class SpaceServer:
         await self.out.enter_space(
             session.sid, join.space_id, identity.player_id, join.position_batching
         )
-        if result.replaced_sid is not None:
-            await self._evict_replaced(result.replaced_sid, session)
+        if result.replaced_node is not None and result.replaced_sid is not None:
+            self.out.evict_elsewhere(
+                result.replaced_node, join.space_id, identity.player_id, result.replaced_sid
+            )
+            log.warn(
+                "E2003",
+                "Duplicate session: older connection on another node closed",
+                replacedSocketId=result.replaced_sid,
+                replacedNode=result.replaced_node,
+                **session.context(),
+            )
+        elif result.replaced_sid is not None:
+            await self._evict_replaced(result.replaced_sid, session.context())
         await self.out.to_sid(
             session.sid,
             "room:joined",
@@ -410,7 +434,17 @@ class SpaceServer:
         )
         await self.out.to_sid(session.sid, "proximity:status", {"enabled": enabled})
 
-    async def _evict_replaced(self, old_sid: str, new: Session) -> None:
+    async def evict_replaced_here(self, space_id: str, player_id: str, sid: str) -> None:
+        """Another node took over this player's socket ``sid`` (SPEC §2.3)."""
+        old = self.sessions.get(sid)
+        if old is None or old.space_id != space_id or old.identity is None:
+            return
+        if old.identity.player_id != player_id:
+            return
+        self.store.forget_local(space_id, player_id, sid)
+        await self._evict_replaced(sid, {"spaceId": space_id, "playerId": player_id})
+
+    async def _evict_replaced(self, old_sid: str, context: dict[str, str | None]) -> None:
         """The player joined again elsewhere: close the older socket quietly (SPEC §2.3)."""
         old = self.sessions.get(old_sid)
         if old is None:
@@ -422,7 +456,7 @@ class SpaceServer:
             "E2003",
             "Duplicate session: older connection closed",
             replacedSocketId=old_sid,
-            **new.context(),
+            **context,
         )
         await self.out.to_sid(
             old_sid,
@@ -456,25 +490,70 @@ class SpaceServer:
         removed = await self.store.leave(space_id, player_id, session.sid)
         if removed is None:
             return
-        async with self.store.parties(space_id) as parties:
-            departures = parties.leave_all(player_id)
+        leaver = session if connected else None
+        await self._depart(space_id, identity, session.sid, session.joined_at, reason, leaver)
+
+    async def _depart(
+        self,
+        space_id: str,
+        identity: Identity,
+        sid: str,
+        joined_at: float,
+        reason: str,
+        leaver: Session | None,
+        *,
+        log_exit: bool = True,
+        tell_local: bool = True,
+    ) -> None:
+        """Everything that follows a player leaving a space: parties, notices, the EXIT."""
+        player_id = identity.player_id
+        try:
+            async with self.store.parties(space_id) as parties:
+                departures = parties.leave_all(player_id)
+        except StoreUnavailable:
+            departures = []
         for departure in departures:
-            await self._announce_departure(space_id, departure, session if connected else None)
-        await self.out.to_space(space_id, "player:left", {"id": player_id})
-        await self._system(space_id, f"{sanitize(identity.nickname)} left")
-        duration = time.time() - session.joined_at
-        event = exit_event_for(identity.session_token, space_id, reason, duration, player_id)
-        if event is not None:
-            self.exits.submit(event)
+            await self._announce_departure(space_id, departure, leaver)
+        left = {"id": player_id}
+        notice = system_message(f"{sanitize(identity.nickname)} left")
+        if tell_local:
+            await self.out.to_space(space_id, "player:left", left)
+            await self.out.to_space(space_id, "chat:system", notice)
+        else:
+            self.out.publish_remote(space_id, "player:left", left)
+            self.out.publish_remote(space_id, "chat:system", notice)
+        duration = time.time() - joined_at
+        if log_exit:
+            event = exit_event_for(identity.session_token, space_id, reason, duration, player_id)
+            if event is not None:
+                self.exits.submit(event)
         log.info(
             "I2002",
             "Player left space",
             reason=reason,
             durationSeconds=round(duration),
-            socketId=session.sid,
+            socketId=sid,
             spaceId=space_id,
             playerId=player_id,
         )
+
+    async def depart_ghost(self, departed: Departed, reason: str, *, log_exit: bool) -> None:
+        """A player whose socket is gone with its node (or left while Redis was away)."""
+        player = departed.player
+        await self._depart(
+            departed.space_id,
+            player.identity,
+            player.sid,
+            player.joined_at,
+            reason,
+            None,
+            log_exit=log_exit,
+            tell_local=log_exit,
+        )
+
+    async def announce_restored(self, space_id: str, player: PlayerState) -> None:
+        """A player of this node the others did not know of (after a Redis outage)."""
+        self.out.publish_remote(space_id, "player:joined", player.position())
 
     # -- movement ------------------------------------------------------------------------------
 
@@ -794,7 +873,9 @@ class SpaceServer:
         """A system notice to every space this node serves (e.g. before a restart)."""
         spaces = {s.space_id for s in self.sessions.values() if s.space_id is not None}
         for space_id in spaces:
-            await self._system(space_id, content)
+            await self.out.to_space(
+                space_id, "chat:system", system_message(content), local_only=True
+            )
 
     # -- housekeeping --------------------------------------------------------------------------
 

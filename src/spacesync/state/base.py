@@ -22,6 +22,21 @@ class JoinResult:
     roster: list[PlayerState]
     replaced_sid: str | None
     """The socket this join replaced (same player already in the space), if any."""
+    replaced_node: str | None = None
+    """The cluster node holding ``replaced_sid`` when it is not this node."""
+
+
+@dataclass(frozen=True, slots=True)
+class Departed:
+    """A player removed from the shared state on behalf of a socket that is gone."""
+
+    space_id: str
+    player: PlayerState
+    node: str | None
+
+
+class StoreUnavailable(Exception):
+    """Shared state cannot be reached for a moment (cluster mode, Redis down)."""
 
 
 class StateStore(Protocol):
@@ -30,6 +45,9 @@ class StateStore(Protocol):
 
     async def leave(self, space_id: str, player_id: str, sid: str) -> PlayerState | None:
         """Remove a player if ``sid`` is still its socket; returns the removed state."""
+
+    def forget_local(self, space_id: str, player_id: str, sid: str) -> None:
+        """Drop this node's copy of a player whose socket another node took over."""
 
     async def player(self, space_id: str, player_id: str) -> PlayerState | None: ...
 

@@ -53,6 +53,9 @@ class MemoryStore:
                 del self._parties[space_id]
         return player
 
+    def forget_local(self, space_id: str, player_id: str, sid: str) -> None:
+        """Nothing to do on a single node: a replacing join already took the entry over."""
+
     async def player(self, space_id: str, player_id: str) -> PlayerState | None:
         roster = self._spaces.get(space_id)
         return roster.get(player_id) if roster else None

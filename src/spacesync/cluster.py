@@ -1,0 +1,406 @@
+"""Cluster mode (SPEC §9): fan-out between nodes and node liveness, over Redis.
+
+:class:`ClusterBus` carries what one node sends to the players of the others. Unlike
+python-socketio's ``AsyncRedisManager`` (every emit pickled and published on one channel that
+every node reads), each space has a channel of its own, followed only by the nodes that serve
+players of that space, and what travels is the Socket.IO packet already encoded for the
+clients, so a receiving node writes it out without decoding it. Positions travel once per
+space tick: one message with every position of that tick.
+
+:class:`NodeMonitor` writes this node's heartbeat, declares nodes that stopped beating dead and
+removes their players, and notices Redis going away and coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+import redis.asyncio as aioredis
+
+from .observability.logging import log
+from .state.base import Departed
+from .state.redis import PREFIX, REDIS_ERRORS, SEP, RedisStore, key, node_index_key
+
+HEARTBEAT_SECONDS = 2.0
+DEAD_AFTER_SECONDS = 10.0
+"""A node whose heartbeat is older than this is dead: with the heartbeat period and the check
+period, a killed node is noticed within 12 s (SPEC §9 asks for 15 s)."""
+RETRY_SECONDS = 0.5
+MAX_PENDING_PUBLISHES = 50_000
+
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+return {now, added}
+"""
+
+
+def space_channel(space_id: str) -> str:
+    return f"{PREFIX}ch:space:{space_id}"
+
+
+def node_channel(node: str) -> str:
+    return f"{PREFIX}ch:node:{node}"
+
+
+class BusReceiver(Protocol):
+    """What a node does with messages from the others."""
+
+    def deliver_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None: ...
+
+    def deliver_moves(self, space_id: str, bodies: list[bytes]) -> None: ...
+
+
+class ClusterBus:
+    """Redis pub/sub between the nodes: one channel per space, one per node."""
+
+    def __init__(self, client: aioredis.Redis, node: str) -> None:
+        self.redis = client
+        self.node = node
+        self.receiver: BusReceiver | None = None
+        self.on_evict: Callable[[str, str, str], Awaitable[None]] | None = None
+        self.on_down: Callable[[BaseException], None] | None = None
+        self.published = 0
+        self.received = 0
+        self.dropped = 0
+        self.connected = False
+        self._origin = node.encode()
+        self._spaces: set[str] = set()
+        self._pubsub: Any = None
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._publishing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- following spaces ----------------------------------------------------------------------
+
+    async def watch(self, space_id: str) -> None:
+        self._spaces.add(space_id)
+        if self._pubsub is not None and self.connected:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._pubsub.subscribe(space_channel(space_id))
+
+    async def unwatch(self, space_id: str) -> None:
+        self._spaces.discard(space_id)
+        if self._pubsub is not None and self.connected:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._pubsub.unsubscribe(space_channel(space_id))
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def publish_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None:
+        """A Socket.IO packet for the space's players (or only ``players``) on other nodes."""
+        header = {"k": "e", "o": self.node, "s": space_id}
+        if players is not None:
+            header["p"] = players  # type: ignore[assignment]
+        self._publish(space_channel(space_id), orjson.dumps(header) + b"\n" + packet)
+
+    def publish_moves(self, space_id: str, bodies: list[bytes]) -> None:
+        """One tick of ``player:moved`` payloads, already encoded, one per line."""
+        header = orjson.dumps({"k": "m", "o": self.node, "s": space_id})
+        self._publish(space_channel(space_id), header + b"\n" + b"\n".join(bodies))
+
+    def publish_evict(self, node: str, space_id: str, player_id: str, sid: str) -> None:
+        """Ask ``node`` to close ``sid``: its player joined again through this node."""
+        header = {"k": "x", "o": self.node, "s": space_id, "p": player_id, "sid": sid}
+        self._publish(node_channel(node), orjson.dumps(header) + b"\n")
+
+    def _publish(self, channel: str, message: bytes) -> None:
+        if not self.connected or len(self._outbox) >= MAX_PENDING_PUBLISHES:
+            self.dropped += 1
+            return
+        self._outbox.append((channel, message))
+        self._wake.set()
+
+    async def _publisher(self) -> None:
+        """Publishes in the order things were sent, many messages per round trip."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 512))]
+                self._publishing = True
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for channel, message in batch:
+                            pipe.publish(channel, message)
+                        await pipe.execute()
+                    self.published += len(batch)
+                except REDIS_ERRORS:
+                    self.dropped += len(batch)
+                finally:
+                    self._publishing = False
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until everything sent so far has been published, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (self._outbox or self._publishing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def _subscribe_all(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        channels = [node_channel(self.node), *(space_channel(s) for s in self._spaces)]
+        await self._pubsub.subscribe(*channels)
+        self.connected = True
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                if not self.connected:
+                    await self._subscribe_all()
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:
+                self.connected = False
+                self._outbox.clear()
+                if self.on_down is not None:
+                    self.on_down(exc)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                await self._dispatch(message["data"])
+            except Exception as exc:
+                log.error("E3003", "A message from another node could not be handled", exc=exc)
+
+    async def _dispatch(self, data: bytes) -> None:
+        head, _, body = data.partition(b"\n")
+        header = orjson.loads(head)
+        if header.get("o") == self.node:
+            return
+        self.received += 1
+        kind = header.get("k")
+        receiver = self.receiver
+        if kind == "m" and receiver is not None:
+            receiver.deliver_moves(header["s"], body.split(b"\n"))
+        elif kind == "e" and receiver is not None:
+            receiver.deliver_event(header["s"], body, header.get("p"))
+        elif kind == "x" and self.on_evict is not None:
+            await self.on_evict(header["s"], header["p"], header["sid"])
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._reader()), loop.create_task(self._publisher())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+
+class ClusterMember(Protocol):
+    """What the node monitor asks of the node's handlers."""
+
+    async def depart_ghost(self, departed: Departed, reason: str, *, log_exit: bool) -> None: ...
+
+    async def announce_restored(self, space_id: str, player: Any) -> None: ...
+
+    def socket_count(self) -> int: ...
+
+
+class NodeMonitor:
+    """This node's heartbeat, the detection of dead nodes, and Redis outages."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        store: RedisStore,
+        bus: ClusterBus,
+        node: str,
+        name: str,
+    ) -> None:
+        self.redis = client
+        self.store = store
+        self.bus = bus
+        self.node = node
+        self.name = name
+        self.member: ClusterMember | None = None
+        self.nodes_lost = 0
+        self.outages = 0
+        self._beat = client.register_script(_HEARTBEAT)
+        self._connected_since: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._down_logged = False
+        store.on_down = self._on_down
+
+    def _on_down(self, exc: BaseException) -> None:
+        self._connected_since = None
+        if not self._down_logged:
+            self._down_logged = True
+            self.outages += 1
+            log.error(
+                "E6003",
+                "Redis is unreachable: serving this node's players alone until it is back",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def start(self) -> None:
+        await self.beat()
+        if self.store.healthy:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._reap_predecessors()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS if self.store.healthy else RETRY_SECONDS)
+            try:
+                await self.beat()
+                if self.store.healthy:
+                    await self._reap_dead()
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:
+                self.store.mark_down(exc)
+            except Exception as exc:
+                log.error("E6003", "Cluster housekeeping failed", exc=exc)
+
+    async def beat(self) -> None:
+        """Write the heartbeat; after an outage (or if the others took this node for dead),
+        write this node's players back before serving from Redis again."""
+        figures = orjson.dumps(
+            {
+                "name": self.name,
+                "sockets": self.member.socket_count() if self.member else 0,
+                "players": len(self.store.local_players()),
+            }
+        )
+        try:
+            _, added = await self._beat(
+                keys=[key("nodes"), key("node-index"), key("node", self.node)],
+                args=[self.node, figures, int(DEAD_AFTER_SECONDS * 3000)],
+            )
+            if added or not self.store.healthy:
+                await self._restore(first=bool(added) and self._connected_since is None)
+        except REDIS_ERRORS as exc:
+            self.store.mark_down(exc)
+            return
+        if not self.store.healthy:
+            self.store.healthy = True
+        if self._connected_since is None:
+            self._connected_since = time.monotonic()
+
+    async def _restore(self, first: bool) -> None:
+        added, departed = await self.store.restore()
+        if self.member is not None:
+            for space_id, player in added:
+                await self.member.announce_restored(space_id, player)
+            for gone in departed:
+                await self.member.depart_ghost(gone, "disconnect:unknown", log_exit=False)
+        if self._down_logged:
+            self._down_logged = False
+            log.info(
+                "I6004",
+                "Redis is reachable again; this node's players were written back",
+                restored=len(added),
+                departed=len(departed),
+            )
+
+    async def _reap_predecessors(self) -> None:
+        """Earlier lives of this node (same name and port) are dead: remove their players now."""
+        stem = self.node.rsplit(":", 1)[0] + ":"
+        for raw in await self.redis.smembers(key("node-index")):
+            other = raw.decode()
+            if other != self.node and other.startswith(stem):
+                await self._reap(other, "restarted")
+
+    async def _reap_dead(self) -> None:
+        if self._connected_since is None:
+            return
+        if time.monotonic() - self._connected_since < DEAD_AFTER_SECONDS:
+            return  # just back from an outage: the others have not had a chance to beat yet
+        now_ms = int((await self.redis.time())[0]) * 1000
+        beats = dict(await self.redis.zrange(key("nodes"), 0, -1, withscores=True))
+        owners = await self.redis.smembers(key("node-index"))
+        limit = DEAD_AFTER_SECONDS * 1000
+        for raw in set(beats) | set(owners):
+            other = raw.decode()
+            if other == self.node:
+                continue
+            seen = beats.get(raw)
+            if seen is None or now_ms - seen > limit:
+                await self._reap(other, "stopped beating")
+
+    async def _reap(self, other: str, why: str) -> None:
+        index = await self.redis.hgetall(node_index_key(other))
+        removed = 0
+        for field, sid in index.items():
+            space_id, _, player_id = field.decode().partition(SEP)
+            departed = await self.store.remove_for(space_id, player_id, sid.decode())
+            if departed is None:
+                continue  # another node removed it first, or it joined again elsewhere
+            removed += 1
+            if self.member is not None:
+                await self.member.depart_ghost(departed, "disconnect:server lost", log_exit=True)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(key("node-index"), other)
+            pipe.zrem(key("nodes"), other)
+            pipe.delete(node_index_key(other), key("node", other))
+            await pipe.execute()
+        self.nodes_lost += 1
+        level = log.error if removed else log.warn
+        level(
+            "E2002",
+            f"Cluster node {other} {why}; its players were removed",
+            lostNode=other,
+            playersRemoved=removed,
+        )
+
+    async def cluster_figures(self) -> dict[str, Any]:
+        """Live nodes with their socket counts (for ``/metrics``)."""
+        now_ms = int((await self.redis.time())[0]) * 1000
+        beats = await self.redis.zrange(key("nodes"), 0, -1, withscores=True)
+        alive = [n.decode() for n, seen in beats if now_ms - seen <= DEAD_AFTER_SECONDS * 1000]
+        figures = await self.redis.mget([key("node", n) for n in alive]) if alive else []
+        nodes = []
+        for node, raw in zip(alive, figures, strict=True):
+            data = orjson.loads(raw) if raw else {}
+            nodes.append(
+                {
+                    "node": node,
+                    "name": data.get("name"),
+                    "sockets": data.get("sockets", 0),
+                    "players": data.get("players", 0),
+                }
+            )
+        return {"nodes": nodes}
+
+    async def leave_cluster(self) -> None:
+        """A node stopping cleanly takes itself out, so the others do not wait to reap it."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            left_behind = await self.redis.hlen(node_index_key(self.node))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(key("nodes"), self.node)
+                pipe.delete(key("node", self.node))
+                if not left_behind:  # else the others remove them as from a dead node
+                    pipe.srem(key("node-index"), self.node)
+                await pipe.execute()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

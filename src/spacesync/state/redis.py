@@ -1,0 +1,613 @@
+"""Shared state in Redis for a cluster of nodes (SPEC §9).
+
+Every node keeps the players connected to it in memory as well, for three reasons: the hot
+path (``player:move``) must not wait for I/O, a node keeps serving its own players while Redis
+is away, and when Redis comes back (or restarts empty) the node writes its live players back.
+
+Layout (``spacesync:`` prefix):
+
+- ``spaces`` — set of space ids with players;
+- ``space:<id>:players`` — hash player id -> JSON identity, socket id, node and join time;
+- ``space:<id>:pos`` — hash player id -> ``[x, y, direction, isMoving]``, written once a tick;
+- ``space:<id>:proximity`` — ``"1"``/``"0"``; ``space:<id>:parties`` — JSON of the parties,
+  changed only under ``space:<id>:parties:lock``; ``party-counts`` — hash space -> live parties;
+- ``chat:<playerId>`` — the player's rate-limit history, expiring;
+- ``nodes`` — sorted set node -> last heartbeat (Redis time, ms); ``node-index`` — set of nodes
+  that own players; ``node:<node>:players`` — hash ``space\\x1fplayer`` -> socket id;
+  ``node:<node>`` — the node's figures, expiring.
+
+Changes that must not race (joining, leaving, replacing a socket) are Lua scripts, so a player's
+entry is removed exactly once in the whole cluster: that is what makes each EXIT logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..domain.chat import ChatDecision, ChatRateLimiter
+from ..domain.identity import Identity
+from ..domain.parties import SpaceParties
+from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
+from .base import Departed, JoinResult, StoreUnavailable
+
+PREFIX = "spacesync:"
+POSITION_WRITE_SECONDS = 0.05
+CHAT_HISTORY_MS = 60_000
+PARTY_LOCK_SECONDS = 5.0
+SEP = "\x1f"
+T = TypeVar("T")
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+_JOIN = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if old then
+  local ok, dec = pcall(cjson.decode, old)
+  if ok and type(dec) == 'table' and dec['node'] and dec['node'] ~= ARGV[7] then
+    local index = ARGV[5] .. 'node:' .. dec['node'] .. ':players'
+    redis.call('HDEL', index, ARGV[3] .. '\\31' .. ARGV[1])
+  end
+end
+redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. ARGV[1], ARGV[6])
+return {old or false, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+_LEAVE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return false end
+local ok, dec = pcall(cjson.decode, cur)
+if not ok or type(dec) ~= 'table' or dec['sid'] ~= ARGV[2] then return false end
+local pos = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if dec['node'] then
+  redis.call('HDEL', ARGV[4] .. 'node:' .. dec['node'] .. ':players', ARGV[3] .. '\\31' .. ARGV[1])
+end
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[3])
+  redis.call('DEL', KEYS[2], KEYS[4])
+end
+return {cur, pos or false}
+"""
+
+# Write back a player this node serves: 1 = it was missing (added), 0 = refreshed,
+# 2 = another socket holds the player now (left alone).
+_RESTORE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, dec = pcall(cjson.decode, cur)
+  if ok and type(dec) == 'table' and dec['sid'] ~= ARGV[6] then return 2 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. ARGV[1], ARGV[6])
+if cur then return 0 end
+return 1
+"""
+
+_SET_POSITIONS = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+_SET_ENTRY = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local ok, dec = pcall(cjson.decode, cur)
+if not ok or type(dec) ~= 'table' or dec['sid'] ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def key(*parts: str) -> str:
+    return PREFIX + ":".join(parts)
+
+
+def node_index_key(node: str) -> str:
+    return key("node", node, "players")
+
+
+class SpaceWatcher(Protocol):
+    """Told when this node starts and stops serving a space (to follow its channel)."""
+
+    async def watch(self, space_id: str) -> None: ...
+
+    async def unwatch(self, space_id: str) -> None: ...
+
+
+def _position_json(player: PlayerState) -> bytes:
+    return orjson.dumps([player.x, player.y, player.direction, player.is_moving])
+
+
+def _apply_position(player: PlayerState, raw: Any) -> None:
+    try:
+        x, y, direction, moving = orjson.loads(raw)
+    except (ValueError, TypeError):
+        return
+    player.x, player.y, player.direction, player.is_moving = x, y, direction, bool(moving)
+
+
+def decode_player(entry: Any, position: Any) -> tuple[PlayerState, str | None] | None:
+    """A stored entry (and position) as ``(player, node)``; ``None`` if it is unreadable."""
+    try:
+        data = orjson.loads(entry)
+        player = PlayerState(
+            identity=Identity.from_dict(data["identity"]),
+            sid=data["sid"],
+            joined_at=float(data["joinedAt"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+    if position:
+        _apply_position(player, position)
+    node = data.get("node")
+    return player, node if isinstance(node, str) else None
+
+
+def _roster(entries: list[Any], positions: list[Any]) -> list[PlayerState]:
+    where = {positions[i]: positions[i + 1] for i in range(0, len(positions), 2)}
+    players = []
+    for i in range(0, len(entries), 2):
+        decoded = decode_player(entries[i + 1], where.get(entries[i]))
+        if decoded is not None:
+            players.append(decoded[0])
+    return players
+
+
+class RedisStore:
+    """The :class:`~spacesync.state.base.StateStore` of a cluster node."""
+
+    def __init__(self, client: aioredis.Redis, node: str) -> None:
+        self.redis = client
+        self.node = node
+        self.watcher: SpaceWatcher | None = None
+        self.healthy = False
+        self.on_down: Callable[[BaseException], None] | None = None
+        self._local: dict[str, dict[str, PlayerState]] = {}
+        self._left_offline: dict[tuple[str, str], PlayerState] = {}
+        self._joined_offline: set[tuple[str, str]] = set()
+        self._proximity: dict[str, bool] = {}
+        self._chat = ChatRateLimiter()
+        self._dirty: dict[str, set[str]] = {}
+        self._write_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._join = client.register_script(_JOIN)
+        self._leave = client.register_script(_LEAVE)
+        self._restore = client.register_script(_RESTORE)
+        self._set_positions = client.register_script(_SET_POSITIONS)
+        self._set_entry = client.register_script(_SET_ENTRY)
+
+    # -- health --------------------------------------------------------------------------------
+
+    async def _shared(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation; raises :class:`StoreUnavailable` while Redis is away."""
+        if not self.healthy:
+            raise StoreUnavailable("shared state is unavailable")
+        try:
+            return await call()
+        except REDIS_ERRORS as exc:
+            self.mark_down(exc)
+            raise StoreUnavailable("shared state is unavailable") from exc
+
+    def mark_down(self, exc: BaseException) -> None:
+        if self.healthy:
+            self.healthy = False
+            if self.on_down is not None:
+                self.on_down(exc)
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def _entry(self, player: PlayerState) -> bytes:
+        return orjson.dumps(
+            {
+                "identity": player.identity.to_dict(),
+                "sid": player.sid,
+                "node": self.node,
+                "joinedAt": player.joined_at,
+            }
+        )
+
+    def _keys(self, space_id: str) -> list[str]:
+        return [
+            key("space", space_id, "players"),
+            key("space", space_id, "pos"),
+            key("spaces"),
+        ]
+
+    # -- joining and leaving -------------------------------------------------------------------
+
+    async def join(self, space_id: str, identity: Identity, sid: str, now: float) -> JoinResult:
+        local = self._local.get(space_id)
+        if local is None:
+            local = self._local[space_id] = {}
+            if self.watcher is not None:
+                await self.watcher.watch(space_id)
+        previous = local.get(identity.player_id)
+        player = PlayerState(identity=identity, sid=sid, joined_at=now)
+        if previous is not None:
+            player.x, player.y = previous.x, previous.y
+            player.direction, player.is_moving = previous.direction, previous.is_moving
+            if previous.sid == sid:
+                player.joined_at = previous.joined_at
+        spawn = orjson.dumps([SPAWN_X, SPAWN_Y, SPAWN_DIRECTION, False])
+        try:
+            old, entries, positions = await self._shared(
+                lambda: self._join(
+                    keys=[*self._keys(space_id), node_index_key(self.node)],
+                    args=[
+                        identity.player_id,
+                        self._entry(player),
+                        space_id,
+                        spawn,
+                        PREFIX,
+                        sid,
+                        self.node,
+                    ],
+                )
+            )
+        except StoreUnavailable:
+            local[identity.player_id] = player
+            self._joined_offline.add((space_id, identity.player_id))
+            replaced = previous.sid if previous is not None and previous.sid != sid else None
+            return JoinResult(player, list(local.values()), replaced)
+        roster = _roster(entries, positions)
+        for other in roster:
+            if other.id == identity.player_id:
+                player.x, player.y = other.x, other.y
+                player.direction, player.is_moving = other.direction, other.is_moving
+        local[identity.player_id] = player
+        roster = [player if p.id == player.id else p for p in roster]
+        replaced_sid = replaced_node = None
+        if old:
+            decoded = decode_player(old, None)
+            if decoded is not None and decoded[0].sid != sid:
+                replaced_sid = decoded[0].sid
+                replaced_node = decoded[1] if decoded[1] != self.node else None
+                if previous is None or previous.sid == sid:
+                    player.joined_at = now
+            elif decoded is not None:
+                player.joined_at = decoded[0].joined_at
+        return JoinResult(player, roster, replaced_sid, replaced_node)
+
+    async def leave(self, space_id: str, player_id: str, sid: str) -> PlayerState | None:
+        local = self._local.get(space_id)
+        mine = local.get(player_id) if local else None
+        if mine is not None and mine.sid == sid:
+            assert local is not None
+            del local[player_id]
+            self._dirty.get(space_id, set()).discard(player_id)
+            if not local:
+                del self._local[space_id]
+                self._proximity.pop(space_id, None)
+                if self.watcher is not None:
+                    await self.watcher.unwatch(space_id)
+        try:
+            removed = await self._remove(space_id, player_id, sid)
+        except StoreUnavailable:
+            if mine is None or mine.sid != sid:
+                return None
+            self._joined_offline.discard((space_id, player_id))
+            self._left_offline[(space_id, player_id)] = mine
+            return mine
+        if removed is None:
+            return None
+        if mine is not None and mine.sid == sid:
+            return mine  # this node's copy has the newest position
+        return removed.player
+
+    async def _remove(self, space_id: str, player_id: str, sid: str) -> Departed | None:
+        result = await self._shared(
+            lambda: self._leave(
+                keys=[*self._keys(space_id), key("space", space_id, "proximity")],
+                args=[player_id, sid, space_id, PREFIX],
+            )
+        )
+        if not result:
+            return None
+        decoded = decode_player(result[0], result[1])
+        if decoded is None:
+            return None
+        return Departed(space_id, decoded[0], decoded[1])
+
+    async def remove_for(self, space_id: str, player_id: str, sid: str) -> Departed | None:
+        """Remove a player whose socket is gone (its node died); ``None`` if another node did."""
+        return await self._remove(space_id, player_id, sid)
+
+    def forget_local(self, space_id: str, player_id: str, sid: str) -> None:
+        """Drop this node's copy of a player whose socket was replaced on another node."""
+        local = self._local.get(space_id)
+        if local is not None and (p := local.get(player_id)) is not None and p.sid == sid:
+            del local[player_id]
+            if not local:
+                del self._local[space_id]
+                if self.watcher is not None:
+                    self._spawn(self.watcher.unwatch(space_id))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def player(self, space_id: str, player_id: str) -> PlayerState | None:
+        keys = self._keys(space_id)
+
+        async def read() -> Any:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys[0], player_id)
+                pipe.hget(keys[1], player_id)
+                return await pipe.execute()
+
+        try:
+            entry, position = await self._shared(read)
+        except StoreUnavailable:
+            local = self._local.get(space_id)
+            return local.get(player_id) if local else None
+        if entry is None:
+            return None
+        mine = self._local.get(space_id, {}).get(player_id)
+        decoded = decode_player(entry, position)
+        if decoded is None:
+            return None
+        if mine is not None and mine.sid == decoded[0].sid:
+            return mine
+        return decoded[0]
+
+    async def players(self, space_id: str) -> list[PlayerState]:
+        keys = self._keys(space_id)
+
+        async def read() -> Any:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys[0])
+                pipe.hgetall(keys[1])
+                return await pipe.execute()
+
+        try:
+            entries, positions = await self._shared(read)
+        except StoreUnavailable:
+            return list(self._local.get(space_id, {}).values())
+        flat_entries = [v for item in entries.items() for v in item]
+        flat_positions = [v for item in positions.items() for v in item]
+        local = self._local.get(space_id, {})
+        return [
+            local[p.id] if p.id in local and local[p.id].sid == p.sid else p
+            for p in _roster(flat_entries, flat_positions)
+        ]
+
+    async def players_named(self, space_id: str, nickname: str) -> list[PlayerState]:
+        wanted = nickname.strip().casefold()
+        return [p for p in await self.players(space_id) if p.identity.nickname.casefold() == wanted]
+
+    # -- positions (the hot path) --------------------------------------------------------------
+
+    def move(
+        self, space_id: str, player_id: str, x: float, y: float, direction: str, is_moving: bool
+    ) -> PlayerState | None:
+        local = self._local.get(space_id)
+        player = local.get(player_id) if local else None
+        if player is None:
+            return None
+        player.x = x
+        player.y = y
+        player.direction = direction
+        player.is_moving = is_moving
+        dirty = self._dirty.get(space_id)
+        if dirty is None:
+            dirty = self._dirty[space_id] = set()
+        dirty.add(player_id)
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_later(POSITION_WRITE_SECONDS, self._start_write)
+        return player
+
+    def _start_write(self) -> None:
+        self._write_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        if self.healthy and dirty:
+            self._spawn(self._write_positions(dirty))
+
+    async def _write_positions(self, dirty: dict[str, set[str]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for space_id, ids in dirty.items():
+                    local = self._local.get(space_id, {})
+                    args: list[Any] = []
+                    for pid in ids:
+                        player = local.get(pid)
+                        if player is not None:
+                            args += [pid, _position_json(player)]
+                    if args:
+                        keys = self._keys(space_id)[:2]
+                        await self._set_positions(keys=keys, args=args, client=pipe)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self.mark_down(exc)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the rest of the state -----------------------------------------------------------------
+
+    async def update_identity(self, space_id: str, identity: Identity) -> PlayerState | None:
+        local = self._local.get(space_id)
+        player = local.get(identity.player_id) if local else None
+        if player is None:
+            return None
+        player.identity = identity
+        with contextlib.suppress(StoreUnavailable):
+            await self._shared(
+                lambda: self._set_entry(
+                    keys=self._keys(space_id)[:1],
+                    args=[identity.player_id, self._entry(player), player.sid],
+                )
+            )
+        return player
+
+    async def proximity(self, space_id: str) -> bool:
+        try:
+            value = await self._shared(lambda: self.redis.get(key("space", space_id, "proximity")))
+        except StoreUnavailable:
+            return self._proximity.get(space_id, False)
+        enabled = value == b"1"
+        if space_id in self._local:
+            self._proximity[space_id] = enabled
+        return enabled
+
+    async def set_proximity(self, space_id: str, enabled: bool) -> None:
+        await self._shared(
+            lambda: self.redis.set(key("space", space_id, "proximity"), "1" if enabled else "0")
+        )
+        self._proximity[space_id] = enabled
+
+    @asynccontextmanager
+    async def parties(self, space_id: str) -> AsyncIterator[SpaceParties]:
+        name = key("space", space_id, "parties")
+        lock = self.redis.lock(
+            name + ":lock", timeout=PARTY_LOCK_SECONDS, blocking_timeout=PARTY_LOCK_SECONDS
+        )
+        acquired = await self._shared(lock.acquire)
+        if not acquired:
+            raise StoreUnavailable("parties are busy")
+        try:
+            raw = await self._shared(lambda: self.redis.get(name))
+            parties = SpaceParties.from_dict(orjson.loads(raw)) if raw else SpaceParties()
+            yield parties
+            data = parties.to_dict()
+            count = len(parties.parties)
+
+            async def save() -> None:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    if data["parties"] or data["invitations"]:
+                        pipe.set(name, orjson.dumps(data))
+                    else:
+                        pipe.delete(name)
+                    if count:
+                        pipe.hset(key("party-counts"), space_id, count)
+                    else:
+                        pipe.hdel(key("party-counts"), space_id)
+                    await pipe.execute()
+
+            await self._shared(save)
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await lock.release()
+
+    async def allow_chat(self, player_id: str, content: str, now: float) -> ChatDecision:
+        name = key("chat", player_id)
+        try:
+            raw = await self._shared(lambda: self.redis.get(name))
+        except StoreUnavailable:
+            return self._chat.check(player_id, content, now)
+        limiter = ChatRateLimiter()
+        with contextlib.suppress(ValueError, TypeError):
+            limiter.restore(player_id, orjson.loads(raw) if raw else None)
+        decision = limiter.check(player_id, content, now)
+        self._chat.restore(player_id, limiter.export(player_id))
+        with contextlib.suppress(StoreUnavailable):
+            history = orjson.dumps(limiter.export(player_id))
+            await self._shared(lambda: self.redis.set(name, history, px=CHAT_HISTORY_MS))
+        return decision
+
+    async def space_sizes(self) -> dict[str, int]:
+        async def read() -> dict[str, int]:
+            spaces = sorted(s.decode() for s in await self.redis.smembers(key("spaces")))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for space_id in spaces:
+                    pipe.hlen(key("space", space_id, "players"))
+                sizes = await pipe.execute()
+            return {s: n for s, n in zip(spaces, sizes, strict=True) if n}
+
+        try:
+            return await self._shared(read)
+        except StoreUnavailable:
+            return self.local_sizes()
+
+    def local_sizes(self) -> dict[str, int]:
+        return {space: len(players) for space, players in self._local.items() if players}
+
+    async def party_count(self) -> int:
+        try:
+            counts = await self._shared(lambda: self.redis.hvals(key("party-counts")))
+        except StoreUnavailable:
+            return 0
+        return sum(int(c) for c in counts)
+
+    async def housekeeping(self, now: float) -> None:
+        self._chat.forget_idle(now)
+        if not self.healthy:
+            return
+        for space_id in list(self._local):
+            with contextlib.suppress(StoreUnavailable):
+                async with self.parties(space_id) as parties:
+                    parties.prune_invitations(now)
+
+    async def ready(self) -> bool:
+        return self.healthy
+
+    # -- writing this node's players back ------------------------------------------------------
+
+    def local_players(self) -> list[tuple[str, PlayerState]]:
+        return [(s, p) for s, players in self._local.items() for p in players.values()]
+
+    async def restore(self) -> tuple[list[tuple[str, PlayerState]], list[Departed]]:
+        """Write this node's live players back into Redis (after an outage, a restart of Redis,
+        or after the others took this node for dead) and remove those that left meanwhile.
+
+        Returns the players that were missing from Redis (the others never saw them join, or
+        saw them leave) and the departures the others have not been told of.
+        """
+        added: list[tuple[str, PlayerState]] = []
+        for space_id, player in self.local_players():
+            outcome = await self._restore(
+                keys=[*self._keys(space_id), node_index_key(self.node)],
+                args=[
+                    player.id,
+                    self._entry(player),
+                    space_id,
+                    _position_json(player),
+                    PREFIX,
+                    player.sid,
+                ],
+            )
+            if outcome == 1:
+                added.append((space_id, player))
+        departed: list[Departed] = []
+        for (space_id, player_id), player in list(self._left_offline.items()):
+            removed = await self._leave(
+                keys=[*self._keys(space_id), key("space", space_id, "proximity")],
+                args=[player_id, player.sid, space_id, PREFIX],
+            )
+            if removed:
+                departed.append(Departed(space_id, player, self.node))
+        self._left_offline.clear()
+        self._joined_offline.clear()
+        for space_id, enabled in self._proximity.items():
+            await self.redis.set(
+                key("space", space_id, "proximity"), "1" if enabled else "0", nx=True
+            )
+        return added, departed
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
