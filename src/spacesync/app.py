@@ -357,6 +357,11 @@ class SpacesyncNode:
             with contextlib.suppress(Exception):
                 await self._site.stop()
         if self.monitor is not None:
+            # Each departure is removed from Redis and told to the other nodes before this
+            # node leaves the cluster; whatever is left then is removed by the others.
+            until = deadline - 3.0
+            while self.server.sessions and time.monotonic() < until:
+                await asyncio.sleep(0.02)
             await self.bus_settle()
             await self.monitor.leave_cluster()
         left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1.5))
