@@ -25,6 +25,7 @@ from .handlers.events import SpaceServer
 from .handlers.session import Session
 from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
+from .integrations.exit_journal import ExitJournal
 from .observability.logging import install_alert_handler, log
 from .observability.metrics import METRICS_VERSION, ProcessFigures
 from .state.base import StateStore
@@ -97,7 +98,7 @@ class SpacesyncNode:
         self.app_client = AppClient(
             settings.app_url, settings.app_api_secret, settings.verify_timeout
         )
-        self.exits = ExitOutbox(self.app_client)
+        self.exits = ExitOutbox(self.app_client, ExitJournal(settings.exit_outbox_path))
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
         self.broadcaster = Broadcaster(self.sio)
         self.server = SpaceServer(
@@ -221,6 +222,8 @@ class SpacesyncNode:
             **await self._cluster_metrics(),
             "exits": {
                 "backlog": self.exits.backlog,
+                "owed": self.exits.owed(),
+                "durable": self.exits.durable,
                 "delivered": self.exits.delivered,
                 "failedAttempts": self.exits.failed_attempts,
                 "dropped": self.exits.dropped,
@@ -365,7 +368,15 @@ class SpacesyncNode:
             await self.bus_settle()
             await self.monitor.leave_cluster()
         left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1.5))
-        if left:
+        if left and self.exits.durable:
+            log.warn(
+                "E4001",
+                f"{left} EXIT events are not delivered yet; they stay in the outbox and are sent "
+                "when this node starts again",
+                undelivered=left,
+                outbox=self.settings.exit_outbox_path,
+            )
+        elif left:
             log.error(
                 "E4001",
                 f"{left} EXIT events could not be delivered before shutdown",

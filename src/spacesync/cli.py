@@ -9,6 +9,7 @@ import sys
 from types import TracebackType
 
 from .config import ConfigError, Settings, load_settings
+from .integrations.exit_journal import JournalError
 from .observability.logging import configure_logging, log
 
 EXIT_CONFIG = 2
@@ -29,7 +30,11 @@ async def serve(settings: Settings) -> int:
 
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler)
-    node = SpacesyncNode(settings)
+    try:
+        node = SpacesyncNode(settings)
+    except JournalError as exc:
+        log.error("E6003", f"Invalid configuration: {exc}", no_alert=True)
+        return EXIT_CONFIG
     try:
         await node.start()
     except OSError as exc:

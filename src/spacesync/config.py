@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class Settings:
     log_level: str = "info"
     verify_timeout: float = 5.0
     exit_timeout: float = 5.0
+    exit_outbox_path: str = ":memory:"
 
     @property
     def environment(self) -> str:
@@ -118,6 +120,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     hostname = env.get("HOSTNAME", "").strip() or socket.gethostname()
 
+    outbox = env.get("EXIT_OUTBOX_PATH", "").strip()
+    if not outbox:
+        safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", hostname)[:64] or "node"
+        outbox = f".spacesync/exits-{safe_name}-{port}.sqlite3"
+    elif any(ord(c) < 32 for c in outbox):
+        raise ConfigError("EXIT_OUTBOX_PATH must be a file path")
+
     return Settings(
         port=port,
         host=host,
@@ -129,4 +138,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         hostname=hostname,
         redis_url=redis_url,
         log_level=log_level,
+        exit_outbox_path=outbox,
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -35,7 +37,14 @@ CONTROLLED_VARIABLES = (
     "HOSTNAME",
     "REDIS_URL",
     "LOG_LEVEL",
+    "EXIT_OUTBOX_PATH",
 )
+
+# Each server gets its own EXIT outbox file unless a test gives one (to restart "the same" node).
+_OUTBOX_DIR = tempfile.mkdtemp(prefix="spacesync-test-outbox-")
+
+
+_SERIAL = itertools.count()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,6 +83,9 @@ class ServerProcess:
             "HOST": host,
             "PORT": str(self.port),
             "HOSTNAME": "test-node",
+            "EXIT_OUTBOX_PATH": os.path.join(
+                _OUTBOX_DIR, f"exits-{self.port}-{next(_SERIAL)}.sqlite3"
+            ),
         }
         merged.update(env or {})
         base = {k: v for k, v in os.environ.items() if k not in CONTROLLED_VARIABLES}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ import httpx
 
 from ..domain.identity import Verification, token_user_id
 from ..observability.logging import log
+from .exit_journal import ExitJournal
 
 RETRY_BASE_DELAY = 1.0
 RETRY_MAX_DELAY = 60.0
@@ -137,8 +140,9 @@ class ExitOutbox:
     with a 4xx is retried a few times, anything else until it is delivered or a day old.
     """
 
-    def __init__(self, client: AppClient) -> None:
+    def __init__(self, client: AppClient, journal: ExitJournal | None = None) -> None:
         self.client = client
+        self.journal = journal
         self._queue: asyncio.Queue[ExitEvent] = asyncio.Queue()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, asyncio.TimerHandle] = {}
@@ -152,14 +156,63 @@ class ExitOutbox:
 
     def start(self) -> None:
         if self._worker is None:
+            self._resume()
             self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    def _resume(self) -> None:
+        """Queue what an earlier run of this node still owed (durable outbox only)."""
+        if self.journal is None:
+            return
+        names = {f.name for f in dataclasses.fields(ExitEvent)}
+        owed = 0
+        for data in self.journal.pending():
+            try:
+                event = ExitEvent(**{k: v for k, v in data.items() if k in names})
+            except TypeError:
+                continue
+            self._queue.put_nowait(event)
+            owed += 1
+        if owed:
+            log.info("I4002", f"{owed} EXIT events owed from an earlier run are sent", owed=owed)
 
     @property
     def backlog(self) -> int:
         return self._queue.qsize() + len(self._in_flight) + len(self._waiting)
 
+    @property
+    def durable(self) -> bool:
+        return self.journal is not None and self.journal.durable
+
+    def owed(self) -> int:
+        """EXITs not yet acknowledged by the app (on disk when the outbox is durable)."""
+        if self.journal is None:
+            return self.backlog
+        try:
+            return self.journal.count()
+        except sqlite3.Error:
+            return self.backlog
+
     def submit(self, event: ExitEvent) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.add(event)
+            except sqlite3.Error as exc:
+                log.error(
+                    "E4001",
+                    "EXIT event could not be written to the outbox; it is kept in memory only",
+                    exc=exc,
+                    spaceId=event.space_id,
+                    playerId=event.player_id,
+                )
         self._queue.put_nowait(event)
+
+    def _journal(self, action: str, event: ExitEvent) -> None:
+        if self.journal is None:
+            return
+        try:
+            getattr(self.journal, action)(event)
+        except sqlite3.Error as exc:
+            log.error("E4001", "The EXIT outbox could not be updated", exc=exc, action=action)
 
     async def _run(self) -> None:
         while True:
@@ -180,6 +233,7 @@ class ExitOutbox:
                 status = response.status_code
                 if 200 <= status < 300:
                     self.delivered += 1
+                    self._journal("done", event)
                     log.debug(
                         "I4001", "EXIT logged", spaceId=event.space_id, playerId=event.player_id
                     )
@@ -210,7 +264,9 @@ class ExitOutbox:
             )
             if give_up:
                 self.dropped += 1
+                self._journal("done", event)
                 return
+            self._journal("attempted", event)
             self._schedule_retry(event, delay)
         finally:
             self._slots.release()
@@ -245,3 +301,5 @@ class ExitOutbox:
             task.cancel()
         for handle in self._waiting.values():
             handle.cancel()
+        if self.journal is not None:
+            self.journal.close()
