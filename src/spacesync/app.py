@@ -100,7 +100,7 @@ class SpacesyncNode:
         )
         self.exits = ExitOutbox(self.app_client, ExitJournal(settings.exit_outbox_path))
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
-        self.broadcaster = Broadcaster(self.sio)
+        self.broadcaster = Broadcaster(self.sio, buffer_limit=settings.client_buffer_limit)
         self.server = SpaceServer(
             self.sio, settings, self.store, self.broadcaster, self.app_client, self.exits
         )
@@ -118,6 +118,7 @@ class SpacesyncNode:
         self._housekeeping: asyncio.Task[None] | None = None
         self._alert_handler: Any = None
         self.stopping = False
+        self._limit_logged: dict[str, float] = {}
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -134,10 +135,14 @@ class SpacesyncNode:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.path.startswith("/socket.io"):
-            if self.stopping and "sid" not in request.query:
-                # A new handshake during shutdown fails at the transport, so the official
-                # client retries with backoff (a refused Socket.IO connect would not retry).
-                return _json({"error": "Server is shutting down"}, status=503)
+            if "sid" not in request.query:
+                if self.stopping:
+                    # A new handshake during shutdown fails at the transport, so the official
+                    # client retries with backoff (a refused Socket.IO connect would not retry).
+                    return _json({"error": "Server is shutting down"}, status=503)
+                refused = self._over_address_limit(request)
+                if refused is not None:
+                    return refused
             return await handler(request)
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=_JSON_HEADERS)
@@ -147,6 +152,26 @@ class SpacesyncNode:
             return _json({"error": "Not found"}, status=404)
         except web.HTTPMethodNotAllowed:
             return _json({"error": "Method not allowed"}, status=405)
+
+    def _over_address_limit(self, request: web.Request) -> web.Response | None:
+        """``MAX_CONNECTIONS_PER_IP``: a new handshake from an address already at the limit is
+        refused with 429 (the official client retries later with backoff)."""
+        limit = self.settings.max_connections_per_ip
+        address = request.remote or ""
+        if not limit or self.server.per_address.get(address, 0) < limit:
+            return None
+        now = time.monotonic()
+        if now - self._limit_logged.get(address, -60.0) >= 60.0:
+            if len(self._limit_logged) > 10_000:
+                self._limit_logged.clear()
+            self._limit_logged[address] = now
+            log.warn(
+                "E2005",
+                "Connection refused: too many connections from one address",
+                address=address,
+                limit=limit,
+            )
+        return _json({"error": "Too many connections from this address"}, status=429)
 
     async def health(self, request: web.Request) -> web.Response:
         return _json(
@@ -218,6 +243,11 @@ class SpacesyncNode:
                 "handled": self.server.events_handled,
                 "badInput": self.server.bad_inputs,
                 "movesRelayed": self.broadcaster.moves_relayed,
+            },
+            "slowClients": {
+                "catchingUp": self.broadcaster.lagging_clients,
+                "positionsFolded": self.broadcaster.positions_folded,
+                "disconnected": self.broadcaster.slow_disconnects,
             },
             **await self._cluster_metrics(),
             "exits": {

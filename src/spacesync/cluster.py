@@ -57,7 +57,7 @@ class BusReceiver(Protocol):
 
     def deliver_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None: ...
 
-    def deliver_moves(self, space_id: str, bodies: list[bytes]) -> None: ...
+    def deliver_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None: ...
 
 
 class ClusterBus:
@@ -104,9 +104,9 @@ class ClusterBus:
             header["p"] = players  # type: ignore[assignment]
         self._publish(space_channel(space_id), orjson.dumps(header) + b"\n" + packet)
 
-    def publish_moves(self, space_id: str, bodies: list[bytes]) -> None:
+    def publish_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None:
         """One tick of ``player:moved`` payloads, already encoded, one per line."""
-        header = orjson.dumps({"k": "m", "o": self.node, "s": space_id})
+        header = orjson.dumps({"k": "m", "o": self.node, "s": space_id, "i": ids})
         self._publish(space_channel(space_id), header + b"\n" + b"\n".join(bodies))
 
     def publish_evict(self, node: str, space_id: str, player_id: str, sid: str) -> None:
@@ -188,7 +188,7 @@ class ClusterBus:
         kind = header.get("k")
         receiver = self.receiver
         if kind == "m" and receiver is not None:
-            receiver.deliver_moves(header["s"], body.split(b"\n"))
+            receiver.deliver_moves(header["s"], body.split(b"\n"), header["i"])
         elif kind == "e" and receiver is not None:
             receiver.deliver_event(header["s"], body, header.get("p"))
         elif kind == "x" and self.on_evict is not None:

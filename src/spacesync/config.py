@@ -33,6 +33,8 @@ class Settings:
     verify_timeout: float = 5.0
     exit_timeout: float = 5.0
     exit_outbox_path: str = ":memory:"
+    client_buffer_limit: int = 4 * 1024 * 1024
+    max_connections_per_ip: int = 0
 
     @property
     def environment(self) -> str:
@@ -127,6 +129,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     elif any(ord(c) < 32 for c in outbox):
         raise ConfigError("EXIT_OUTBOX_PATH must be a file path")
 
+    buffer_limit = _positive_int(env, "CLIENT_BUFFER_LIMIT", 4 * 1024 * 1024, minimum=16 * 1024)
+    per_ip = _positive_int(env, "MAX_CONNECTIONS_PER_IP", 0, minimum=0)
+
     return Settings(
         port=port,
         host=host,
@@ -139,4 +144,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         redis_url=redis_url,
         log_level=log_level,
         exit_outbox_path=outbox,
+        client_buffer_limit=buffer_limit,
+        max_connections_per_ip=per_ip,
     )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:
+        raise ConfigError(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
+    return int(raw)

@@ -24,11 +24,19 @@ import orjson
 import socketio
 from engineio import packet as eio_packet
 
+from .observability.logging import log
+
 if TYPE_CHECKING:
     from .cluster import ClusterBus
 
 TICK_SECONDS = 0.05
 WRITE_WINDOW = 0.005
+LAGGING_BYTES = 64 * 1024
+"""A WebSocket with more than this waiting in its send buffer gets positions folded: only the
+newest of each player is kept, and written once the client has caught up."""
+DEFAULT_CLIENT_BUFFER_LIMIT = 4 * 1024 * 1024
+"""A client with more than this waiting (WebSocket bytes) is disconnected; long-polling clients
+are held to the same limit in queued packets / 256."""
 _PLAIN_PREFIX = b'42["player:moved",'
 _BATCH_PREFIX = b'42["players:moved",['
 
@@ -65,6 +73,14 @@ def player_room(space_id: str, player_id: str) -> str:
 
 
 @dataclass(slots=True)
+class _Lagging:
+    """Positions held back for a client that cannot keep up: the newest per player."""
+
+    batched: bool
+    latest: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _SpaceMoves:
     pending: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     transitions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -76,9 +92,20 @@ class _SpaceMoves:
 class Broadcaster:
     """Everything the handlers send goes through here."""
 
-    def __init__(self, sio: socketio.AsyncServer, tick: float = TICK_SECONDS) -> None:
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        tick: float = TICK_SECONDS,
+        buffer_limit: int = DEFAULT_CLIENT_BUFFER_LIMIT,
+    ) -> None:
         self.sio = sio
         self.tick = tick
+        self.buffer_limit = buffer_limit
+        self.lagging_bytes = min(LAGGING_BYTES, buffer_limit // 4)
+        self._lagging: dict[Any, _Lagging] = {}
+        self._lag_timer = False
+        self.positions_folded = 0
+        self.slow_disconnects = 0
         self._spaces: dict[str, _SpaceMoves] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._out: dict[Any, list[bytes]] = {}
@@ -154,10 +181,15 @@ class Broadcaster:
         self._flush_scheduled = False
         self._last_write_out = asyncio.get_running_loop().time()
         out, self._out = self._out, {}
+        limit = self.buffer_limit
         for transport, chunks in out.items():
             if transport.is_closing():
                 continue
-            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if transport.get_write_buffer_size() > limit:
+                self._too_slow(transport=transport)
+                continue
+            transport.write(data)
 
     async def to_space(
         self,
@@ -261,27 +293,93 @@ class Broadcaster:
         moves.last_flush = time.monotonic()
         self.moves_relayed += len(entries)
         bodies = [orjson.dumps(payload) for _, payload in entries]
+        ids = [payload["id"] for _, payload in entries]
         own: dict[str, list[int]] = {}
         for index, (sid, _) in enumerate(entries):
             own.setdefault(sid, []).append(index)
-        self._send_moves(space_id, bodies, own)
+        self._send_moves(space_id, bodies, ids, own)
         if self.bus is not None:
-            self.bus.publish_moves(space_id, bodies)
+            self.bus.publish_moves(space_id, bodies, ids)
 
-    def deliver_moves(self, space_id: str, bodies: list[bytes]) -> None:
+    def deliver_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None:
         """A tick of positions from another node, to this node's players in the space."""
         self.moves_relayed += len(bodies)
-        self._send_moves(space_id, bodies, {})
+        self._send_moves(space_id, bodies, ids, {})
 
-    def _send_moves(self, space_id: str, bodies: list[bytes], own: dict[str, list[int]]) -> None:
+    def _send_moves(
+        self, space_id: str, bodies: list[bytes], ids: list[str], own: dict[str, list[int]]
+    ) -> None:
         plain = self.sio.manager.rooms.get("/", {}).get(plain_moves_room(space_id))
         if plain:
-            self._send_each(plain, [_PLAIN_PREFIX + b + b"]" for b in bodies], own)
+            packets = [_PLAIN_PREFIX + b + b"]" for b in bodies]
+            self._send_each(plain, packets, bodies, ids, own)
         moves = self._spaces.get(space_id)
         if moves is not None and moves.batched_sids:
-            self._send_batches(moves.batched_sids, bodies, own)
+            self._send_batches(moves.batched_sids, bodies, ids, own)
 
-    def _send_each(self, recipients: Any, packets: list[bytes], own: dict[str, list[int]]) -> None:
+    def _lags(self, transport: Any) -> bool:
+        return transport in self._lagging or (
+            transport.get_write_buffer_size() > self.lagging_bytes
+        )
+
+    def _fold(
+        self,
+        transport: Any,
+        batched: bool,
+        bodies: list[bytes],
+        ids: list[str],
+        mine: list[int] | None,
+    ) -> None:
+        """Hold this tick's positions back for a client that is behind, newest per player."""
+        lag = self._lagging.get(transport)
+        if lag is None:
+            lag = self._lagging[transport] = _Lagging(batched)
+            if not self._lag_timer:
+                self._lag_timer = True
+                asyncio.get_running_loop().call_later(self.tick, self._check_lagging)
+        latest = lag.latest
+        for index, body in enumerate(bodies):
+            if mine is None or index not in mine:
+                if ids[index] in latest:
+                    self.positions_folded += 1
+                latest[ids[index]] = body
+
+    def _check_lagging(self) -> None:
+        """Write the held-back positions of clients that have caught up."""
+        self._lag_timer = False
+        low = self.lagging_bytes // 2
+        for transport in list(self._lagging):
+            if transport.is_closing():
+                del self._lagging[transport]
+            elif transport.get_write_buffer_size() <= low:
+                self._release(transport)
+        if self._lagging:
+            self._lag_timer = True
+            asyncio.get_running_loop().call_later(self.tick, self._check_lagging)
+
+    def _release(self, transport: Any) -> None:
+        lag = self._lagging.pop(transport, None)
+        if lag is None or not lag.latest:
+            return
+        bodies = list(lag.latest.values())
+        if lag.batched:
+            data = _ws_frame(_BATCH_PREFIX + b",".join(bodies) + b"]]")
+        else:
+            data = b"".join(_ws_frame(_PLAIN_PREFIX + b + b"]") for b in bodies)
+        self._write(transport, data)
+
+    @property
+    def lagging_clients(self) -> int:
+        return len(self._lagging)
+
+    def _send_each(
+        self,
+        recipients: Any,
+        packets: list[bytes],
+        bodies: list[bytes],
+        ids: list[str],
+        own: dict[str, list[int]],
+    ) -> None:
         """Every recipient gets every packet but its own, as separate events, in one write."""
         frames = [_ws_frame(p) for p in packets]
         blob = b"".join(frames)
@@ -296,7 +394,9 @@ class Broadcaster:
             if transport is None:
                 for index, packet in enumerate(packets):
                     if mine is None or index not in mine:
-                        _enqueue(sock, packet)
+                        self._enqueue(sock, packet)
+            elif self._lags(transport):
+                self._fold(transport, False, bodies, ids, mine)
             elif mine is None:
                 self._write(transport, blob)
             elif len(mine) == 1:
@@ -308,7 +408,9 @@ class Broadcaster:
                 if rest:
                     self._write(transport, b"".join(rest))
 
-    def _send_batches(self, sids: set[str], bodies: list[bytes], own: dict[str, list[int]]) -> None:
+    def _send_batches(
+        self, sids: set[str], bodies: list[bytes], ids: list[str], own: dict[str, list[int]]
+    ) -> None:
         """One ``players:moved`` array per batched recipient, its own moves left out.
 
         The array of everything is built once; a recipient that moved this tick gets it with
@@ -328,6 +430,12 @@ class Broadcaster:
             if eio_sid is None:
                 continue
             mine = own.get(sid)
+            transport, sock = self._direct(eio_sid)
+            if sock is None:
+                continue
+            if transport is not None and self._lags(transport):
+                self._fold(transport, True, bodies, ids, mine)
+                continue
             if mine is None:
                 packet = everything
             elif len(mine) == 1 and last > 0:
@@ -342,7 +450,10 @@ class Broadcaster:
                 if not kept:
                     continue
                 packet = _BATCH_PREFIX + b",".join(kept) + b"]]"
-            self._deliver(eio_sid, packet)
+            if transport is None:
+                self._enqueue(sock, packet)
+            else:
+                self._write(transport, _ws_frame(packet))
 
     def _deliver(self, eio_sid: str, packet: bytes, frame: bytes | None = None) -> None:
         """One engine.io message to one socket: straight to its WebSocket when that is safe,
@@ -351,9 +462,45 @@ class Broadcaster:
         if sock is None:
             return
         if transport is None:
-            _enqueue(sock, packet)
-        else:
-            self._write(transport, frame if frame is not None else _ws_frame(packet))
+            self._enqueue(sock, packet)
+            return
+        if transport in self._lagging:
+            self._release(transport)  # positions held back go before what follows them
+        self._write(transport, frame if frame is not None else _ws_frame(packet))
+
+    def _enqueue(self, sock: Any, packet: bytes) -> None:
+        """Through the engine.io queue; a client that lets it grow past the limit is dropped."""
+        if sock.queue.qsize() * 256 > self.buffer_limit:
+            self._too_slow(sock=sock)
+            return
+        _enqueue(sock, packet)
+
+    def _too_slow(self, transport: Any = None, sock: Any = None) -> None:
+        """Disconnect a client that does not take what it is sent (SPEC §8: it may not make the
+        server's memory grow without bound, nor slow the others)."""
+        self.slow_disconnects += 1
+        if transport is not None:
+            self._lagging.pop(transport, None)
+            peer = transport.get_extra_info("peername")
+            log.warn(
+                "E2005",
+                "Client too slow: its send buffer passed the limit; disconnected",
+                address=str(peer[0]) if peer else None,
+                limitBytes=self.buffer_limit,
+            )
+            transport.abort()
+        elif sock is not None and not sock.closed:
+            log.warn(
+                "E2005",
+                "Client too slow: its packet queue passed the limit; disconnected",
+                socketId=self.sio.manager.sid_from_eio_sid(sock.sid, "/"),
+                queued=sock.queue.qsize(),
+            )
+            task = asyncio.get_running_loop().create_task(
+                sock.close(wait=False, abort=True, reason=self.sio.eio.reason.TRANSPORT_ERROR)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _direct(self, eio_sid: str) -> tuple[Any, Any]:
         """``(transport, socket)``: the raw transport when frames may be written straight to it.

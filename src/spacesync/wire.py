@@ -9,7 +9,9 @@ traceback or an alert.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json as _stdlib_json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +47,19 @@ class FastJson:
 
 
 _FAST_PATH_SLICE = 5.0
+KERNEL_SEND_BUFFER = 64 * 1024
+"""Kernel send buffer of a WebSocket (the kernel doubles it). Left to autotuning, each socket of
+a client that stops reading may hold megabytes in the kernel, out of the server's sight; capped,
+a client that falls behind shows up in the transport's own buffer, where positions are folded
+and the per-client limit applies."""
+
+
+def _cap_send_buffer(request: Any) -> None:
+    transport = getattr(request, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
 
 
 class _UncompressedWebSocket(_aiohttp_driver.WebSocket):  # type: ignore[misc]
@@ -61,6 +76,7 @@ class _UncompressedWebSocket(_aiohttp_driver.WebSocket):  # type: ignore[misc]
             max_msg_size=self.server.max_http_buffer_size, compress=False
         )
         await self._sock.prepare(request)
+        _cap_send_buffer(request)
         self.environ = environ
         self._owner = getattr(self.handler, "__self__", None)
         if self._owner is not None:

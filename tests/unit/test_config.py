@@ -333,3 +333,51 @@ def test_settings_are_immutable() -> None:
     assert isinstance(settings, Settings)
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+# -- reliability settings -----------------------------------------------------------------------
+
+
+def test_exit_outbox_defaults_to_one_file_per_node_name_and_port() -> None:
+    """Two nodes on one machine (different names or ports) never share an outbox by default."""
+    a = load_settings({"HOSTNAME": "node-a", "PORT": "3001"}).exit_outbox_path
+    b = load_settings({"HOSTNAME": "node-b", "PORT": "3001"}).exit_outbox_path
+    c = load_settings({"HOSTNAME": "node-a", "PORT": "3002"}).exit_outbox_path
+    assert len({a, b, c}) == 3
+    assert a == ".spacesync/exits-node-a-3001.sqlite3"
+
+
+def test_exit_outbox_file_name_is_safe_whatever_the_host_name() -> None:
+    path = load_settings({"HOSTNAME": "../../etc/x y"}).exit_outbox_path
+    assert path.startswith(".spacesync/exits-") and "/" not in path[len(".spacesync/") :]
+
+
+def test_exit_outbox_path_is_used_as_given() -> None:
+    assert load_settings({"EXIT_OUTBOX_PATH": "/var/lib/ss/o.db"}).exit_outbox_path == (
+        "/var/lib/ss/o.db"
+    )
+    assert load_settings({"EXIT_OUTBOX_PATH": ":memory:"}).exit_outbox_path == ":memory:"
+
+
+def test_slow_client_and_address_limits() -> None:
+    default = load_settings({})
+    assert default.client_buffer_limit == 4 * 1024 * 1024
+    assert default.max_connections_per_ip == 0  # off: behind a proxy every client shares one
+    tuned = load_settings({"CLIENT_BUFFER_LIMIT": "65536", "MAX_CONNECTIONS_PER_IP": "20"})
+    assert (tuned.client_buffer_limit, tuned.max_connections_per_ip) == (65536, 20)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLIENT_BUFFER_LIMIT", "1024"),
+        ("CLIENT_BUFFER_LIMIT", "lots"),
+        ("CLIENT_BUFFER_LIMIT", "-5"),
+        ("MAX_CONNECTIONS_PER_IP", "ten"),
+        ("MAX_CONNECTIONS_PER_IP", "1.5"),
+        ("EXIT_OUTBOX_PATH", "bad\npath"),
+    ],
+)
+def test_bad_reliability_settings_stop_start_up(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})

@@ -70,6 +70,7 @@ class SpaceServer:
         self.app = app
         self.exits = exits
         self.sessions: dict[str, Session] = {}
+        self.per_address: dict[str, int] = {}
         self.shutting_down = False
         self.events_handled = 0
         self.bad_inputs = 0
@@ -234,6 +235,7 @@ class SpaceServer:
                 if identity is not None:
                     session.pre_verified = PreVerified(token, space, identity)
         self.sessions[sid] = session
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         log.info("E2001", "Client connected", socketId=sid, address=address)
 
     async def _verify_at_connect(
@@ -263,6 +265,11 @@ class SpaceServer:
         session = self.sessions.pop(sid, None)
         if session is None:
             return
+        left = self.per_address.get(session.address, 1) - 1
+        if left > 0:
+            self.per_address[session.address] = left
+        else:
+            self.per_address.pop(session.address, None)
         why = session.closing_reason or f"disconnect:{reason or 'unknown'}"
         if session.joined and session.closing_reason != "replaced":
             try:
