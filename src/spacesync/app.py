@@ -230,7 +230,7 @@ class SpacesyncNode:
                 "roomCount": len(rooms),
             },
             "parties": {"count": await self.store.party_count()},
-            "process": snapshot["process"],
+            "process": {**snapshot["process"], **self.figures.runtime()},
             "memory": snapshot["memory"],
             "cpu": snapshot["cpu"],
             "storage": snapshot["storage"],
@@ -250,6 +250,10 @@ class SpacesyncNode:
                 "disconnected": self.broadcaster.slow_disconnects,
             },
             **await self._cluster_metrics(),
+            "appApi": {
+                "circuitOpen": self.app_client.breaker.open,
+                "circuitOpened": self.app_client.breaker.times_opened,
+            },
             "exits": {
                 "backlog": self.exits.backlog,
                 "owed": self.exits.owed(),

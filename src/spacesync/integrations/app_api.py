@@ -45,6 +45,53 @@ class VerifyResult:
         return self.verification is not None
 
 
+class CircuitBreaker:
+    """Stops calling an app that keeps failing, so that calls do not pile up behind it.
+
+    After ``threshold`` failures in a row (timeouts, refused connections, 5xx) the circuit opens:
+    calls fail at once for ``cooldown`` seconds. Then one call is let through; its success closes
+    the circuit, its failure opens it again.
+    """
+
+    def __init__(self, threshold: int = 5, cooldown: float = 10.0) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.trial = False
+        self.times_opened = 0
+
+    def allow(self) -> bool:
+        if self.opened_at is None:
+            return True
+        if self.trial or time.monotonic() - self.opened_at < self.cooldown:
+            return False
+        self.trial = True
+        return True
+
+    def retry_in(self) -> float:
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown - (time.monotonic() - self.opened_at))
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.trial = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.trial or self.failures >= self.threshold:
+            if self.opened_at is None or self.trial:
+                self.times_opened += 1
+            self.opened_at = time.monotonic()
+            self.trial = False
+
+    @property
+    def open(self) -> bool:
+        return self.opened_at is not None
+
+
 class AppClient:
     """HTTP calls to the app, with the shared secret and a hard timeout on every call."""
 
@@ -54,6 +101,7 @@ class AppClient:
             headers["Authorization"] = f"Bearer {secret}"
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.breaker = CircuitBreaker()
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(timeout),
@@ -62,6 +110,21 @@ class AppClient:
         )
 
     async def verify(self, token: str, space_id: str | None) -> VerifyResult:
+        breaker = self.breaker
+        if not breaker.allow():
+            return VerifyResult(
+                VerifyStatus.UNREACHABLE,
+                detail=f"not called: it failed {breaker.threshold} times in a row; "
+                f"trying again in {breaker.retry_in():.0f}s",
+            )
+        result = await self._verify(token, space_id)
+        if result.status in (VerifyStatus.TIMEOUT, VerifyStatus.UNREACHABLE):
+            breaker.failure()
+        else:
+            breaker.success()
+        return result
+
+    async def _verify(self, token: str, space_id: str | None) -> VerifyResult:
         url = f"{self.base_url}/api/guest/verify"
         try:
             async with asyncio.timeout(self.timeout):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import shutil
@@ -127,4 +128,16 @@ class ProcessFigures:
             },
             "cpu": {"user": user_us, "system": system_us, "totalMicroseconds": user_us + system_us},
             "storage": storage("/"),
+        }
+
+    def runtime(self) -> dict[str, int | None]:
+        """What a leak would show first: asyncio tasks, open file descriptors, threads."""
+        try:
+            fds: int | None = self.process.num_fds()
+        except (psutil.Error, AttributeError):
+            fds = None
+        return {
+            "tasks": len(asyncio.all_tasks()),
+            "openFiles": fds,
+            "threads": self.process.num_threads(),
         }
