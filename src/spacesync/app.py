@@ -28,6 +28,7 @@ from .integrations.discord import DiscordAlerter
 from .integrations.exit_journal import ExitJournal
 from .observability.logging import install_alert_handler, log
 from .observability.metrics import METRICS_VERSION, ProcessFigures
+from .rooms import RoomManager
 from .state.base import StateStore
 from .state.memory import MemoryStore
 from .state.redis import RedisStore
@@ -40,6 +41,8 @@ HOUSEKEEPING_SECONDS = 30.0
 SHUTDOWN_BUDGET = 7.5
 CLOSE_GRACE = 0.3
 REDIS_TIMEOUT = 1.0
+REDIS_CONNECTIONS = 64
+REDIS_POOL_WAIT = 5.0
 _JSON_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, OPTIONS",
@@ -69,12 +72,17 @@ class SpacesyncNode:
         self.bus: ClusterBus | None = None
         self.monitor: NodeMonitor | None = None
         if store is None and settings.redis_url is not None:
-            self.redis = aioredis.from_url(
+            # A bounded pool that makes callers wait for a free connection: a burst of joins
+            # must queue for Redis, not fail (the default pool raises past its size).
+            pool = aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_POOL_WAIT,
                 socket_timeout=REDIS_TIMEOUT,
                 socket_connect_timeout=REDIS_TIMEOUT,
                 retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection may predate a restart
             )
+            self.redis = aioredis.Redis(connection_pool=pool)
             redis_store = RedisStore(self.redis, self.node_id)
             self.bus = ClusterBus(self.redis, self.node_id)
             redis_store.watcher = self.bus
@@ -85,6 +93,7 @@ class SpacesyncNode:
             store = redis_store
         self.store: StateStore = store or MemoryStore()
         self.sio = SpaceSocketServer(
+            client_manager=RoomManager(),
             async_mode="aiohttp",
             async_handlers=False,  # a client's events are handled in the order sent (SPEC §5)
             cors_allowed_origins=list(settings.cors_origins),
@@ -105,6 +114,8 @@ class SpacesyncNode:
             self.sio, settings, self.store, self.broadcaster, self.app_client, self.exits
         )
         self.sio.eio.fast_message = self.server.fast_message
+        self.sio.eio.frame_writer = self.broadcaster.write
+        self.sio.eio.flush_writes = self.broadcaster.write_out
         if self.bus is not None and self.monitor is not None:
             self.broadcaster.bus = self.bus
             self.bus.receiver = self.broadcaster

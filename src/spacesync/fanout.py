@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import socketio
 from engineio import packet as eio_packet
 
 from .observability.logging import log
+from .wire import ws_frame as _ws_frame
 
 if TYPE_CHECKING:
     from .cluster import ClusterBus
@@ -39,16 +39,6 @@ DEFAULT_CLIENT_BUFFER_LIMIT = 4 * 1024 * 1024
 are held to the same limit in queued packets / 256."""
 _PLAIN_PREFIX = b'42["player:moved",'
 _BATCH_PREFIX = b'42["players:moved",['
-
-
-def _ws_frame(payload: bytes) -> bytes:
-    """An unmasked, final WebSocket text frame."""
-    length = len(payload)
-    if length < 126:
-        return bytes((0x81, length)) + payload
-    if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length) + payload
-    return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
 def _enqueue(sock: Any, packet: bytes) -> None:
@@ -66,10 +56,6 @@ def space_room(space_id: str) -> str:
 
 def plain_moves_room(space_id: str) -> str:
     return f"moves:{space_id}"
-
-
-def player_room(space_id: str, player_id: str) -> str:
-    return f"player:{space_id}:{player_id}"
 
 
 @dataclass(slots=True)
@@ -113,25 +99,28 @@ class Broadcaster:
         self._last_write_out = 0.0
         self.moves_relayed = 0
         self.bus: ClusterBus | None = None
+        self._players: dict[str, dict[str, str]] = {}
+        """space -> player -> the socket of that player on this node (for targeted events)."""
         """Set in cluster mode: what is sent here also goes to the players on other nodes."""
 
     # -- membership ----------------------------------------------------------------------------
 
     async def enter_space(self, sid: str, space_id: str, player_id: str, batching: bool) -> None:
         await self.sio.enter_room(sid, space_room(space_id))
-        await self.sio.enter_room(sid, player_room(space_id, player_id))
+        self._players.setdefault(space_id, {})[player_id] = sid
         if batching:
             self._space(space_id).batched_sids.add(sid)
         else:
             await self.sio.enter_room(sid, plain_moves_room(space_id))
 
     async def leave_space(self, sid: str, space_id: str, player_id: str) -> None:
-        for room in (
-            space_room(space_id),
-            player_room(space_id, player_id),
-            plain_moves_room(space_id),
-        ):
+        for room in (space_room(space_id), plain_moves_room(space_id)):
             await self.sio.leave_room(sid, room)
+        players = self._players.get(space_id)
+        if players is not None and players.get(player_id) == sid:
+            del players[player_id]
+            if not players:
+                del self._players[space_id]
         moves = self._spaces.get(space_id)
         if moves is not None:
             moves.batched_sids.discard(sid)
@@ -151,7 +140,7 @@ class Broadcaster:
         if eio_sid is not None:
             self._deliver(eio_sid, _packet(event, data))
 
-    def _write(self, transport: Any, data: bytes) -> None:
+    def write(self, transport: Any, data: bytes) -> None:
         """Collect what each socket is sent and write it in one call per socket: at the end of
         this turn of the event loop, or, when the previous write-out was less than
         :data:`WRITE_WINDOW` ago, at the end of that window. A quiet server answers at once; a
@@ -238,13 +227,19 @@ class Broadcaster:
         skip_sid: str | None = None,
     ) -> None:
         """A packet to this node's sockets in a space, or only to those of ``player_ids``."""
-        rooms = self.sio.manager.rooms.get("/", {})
         if player_ids is None:
-            recipients = rooms.get(space_room(space_id))
+            recipients = self.sio.manager.rooms.get("/", {}).get(space_room(space_id))
         else:
+            players = self._players.get(space_id)
+            if not players:
+                return
+            manager = self.sio.manager
             recipients = {}
             for pid in player_ids:
-                recipients.update(rooms.get(player_room(space_id, pid)) or {})
+                sid = players.get(pid)
+                eio_sid = manager.eio_sid_from_sid(sid, "/") if sid is not None else None
+                if eio_sid is not None:
+                    recipients[sid] = eio_sid
         self._broadcast(recipients, packet, skip_sid)
 
     def _broadcast(self, recipients: Any, packet: bytes, skip_sid: str | None) -> None:
@@ -366,7 +361,7 @@ class Broadcaster:
             data = _ws_frame(_BATCH_PREFIX + b",".join(bodies) + b"]]")
         else:
             data = b"".join(_ws_frame(_PLAIN_PREFIX + b + b"]") for b in bodies)
-        self._write(transport, data)
+        self.write(transport, data)
 
     @property
     def lagging_clients(self) -> int:
@@ -398,15 +393,15 @@ class Broadcaster:
             elif self._lags(transport):
                 self._fold(transport, False, bodies, ids, mine)
             elif mine is None:
-                self._write(transport, blob)
+                self.write(transport, blob)
             elif len(mine) == 1:
                 i = mine[0]
                 if len(frames) > 1:
-                    self._write(transport, blob[: offsets[i]] + blob[offsets[i + 1] :])
+                    self.write(transport, blob[: offsets[i]] + blob[offsets[i + 1] :])
             else:
                 rest = [f for index, f in enumerate(frames) if index not in mine]
                 if rest:
-                    self._write(transport, b"".join(rest))
+                    self.write(transport, b"".join(rest))
 
     def _send_batches(
         self, sids: set[str], bodies: list[bytes], ids: list[str], own: dict[str, list[int]]
@@ -453,7 +448,7 @@ class Broadcaster:
             if transport is None:
                 self._enqueue(sock, packet)
             else:
-                self._write(transport, _ws_frame(packet))
+                self.write(transport, _ws_frame(packet))
 
     def _deliver(self, eio_sid: str, packet: bytes, frame: bytes | None = None) -> None:
         """One engine.io message to one socket: straight to its WebSocket when that is safe,
@@ -466,7 +461,7 @@ class Broadcaster:
             return
         if transport in self._lagging:
             self._release(transport)  # positions held back go before what follows them
-        self._write(transport, frame if frame is not None else _ws_frame(packet))
+        self.write(transport, frame if frame is not None else _ws_frame(packet))
 
     def _enqueue(self, sock: Any, packet: bytes) -> None:
         """Through the engine.io queue; a client that lets it grow past the limit is dropped."""
@@ -505,21 +500,13 @@ class Broadcaster:
     def _direct(self, eio_sid: str) -> tuple[Any, Any]:
         """``(transport, socket)``: the raw transport when frames may be written straight to it.
 
-        That is the case for an upgraded WebSocket whose engine.io queue is empty: anything
-        already queued (a ``player:joined``, say) must reach the client first, so then the
-        packets go through the queue instead.
+        That is the case for a WebSocket client once the WebSocket has taken over; during an
+        upgrade, or on long-polling, packets go through the engine.io queue.
         """
         sock = self.sio.eio.sockets.get(eio_sid)
         if sock is None or sock.closed:
             return None, None
-        ws = getattr(sock, "raw_ws", None)
-        if ws is None or not sock.upgraded or sock.upgrading or not sock.queue.empty():
-            return None, sock
-        writer = getattr(ws, "_writer", None)
-        transport = getattr(writer, "transport", None)
-        if transport is None or transport.is_closing():
-            return None, sock
-        return transport, sock
+        return sock.direct_transport(), sock
 
     async def close(self) -> None:
         for task in list(self._tasks):

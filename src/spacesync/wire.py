@@ -12,17 +12,24 @@ import asyncio
 import contextlib
 import json as _stdlib_json
 import socket
+import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
 import engineio
+import engineio.async_server
 import engineio.payload
 import orjson
 import socketio
 from aiohttp.web import WebSocketResponse
+from engineio import async_socket, exceptions, packet
 from engineio.async_drivers import aiohttp as _aiohttp_driver
 
 from .observability.logging import log
+
+_socket_module = engineio.async_server.async_socket
+_STOCK_SOCKET = async_socket.AsyncSocket
 
 
 class FastJson:
@@ -47,6 +54,7 @@ class FastJson:
 
 
 _FAST_PATH_SLICE = 5.0
+SERVICE_SECONDS = 0.5
 KERNEL_SEND_BUFFER = 64 * 1024
 """Kernel send buffer of a WebSocket (the kernel doubles it). Left to autotuning, each socket of
 a client that stops reading may hold megabytes in the kernel, out of the server's sight; capped,
@@ -117,14 +125,281 @@ class _UncompressedWebSocket(_aiohttp_driver.WebSocket):  # type: ignore[misc]
             raise OSError()
 
 
+def ws_frame(payload: bytes, binary: bool = False) -> bytes:
+    """An unmasked, final WebSocket frame (text unless ``binary``)."""
+    first = 0x82 if binary else 0x81
+    length = len(payload)
+    if length < 126:
+        return bytes((first, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", first, 126, length) + payload
+    return struct.pack("!BBQ", first, 127, length) + payload
+
+
+class LightQueue:
+    """The part of ``asyncio.Queue`` engine.io uses, at a tenth of its size.
+
+    Every engine.io socket has a queue, and an ``asyncio.Queue`` with its deques, waiter lists
+    and ``Event`` weighs about 3 KB; a WebSocket client's stays empty once the WebSocket takes
+    over, so with thousands of idle clients this is a good part of the memory per connection.
+    """
+
+    __slots__ = ("_getter", "_items", "_joiner", "_unfinished")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._getter: asyncio.Future[None] | None = None
+        self._unfinished = 0
+        self._joiner: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._unfinished += 1
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    async def get(self) -> Any:
+        while not self._items:
+            getter = self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await getter
+            finally:
+                if self._getter is getter:
+                    self._getter = None
+        return self._items.pop(0)
+
+    def task_done(self) -> None:
+        if self._unfinished > 0:
+            self._unfinished -= 1
+        if self._unfinished == 0 and self._joiner is not None and not self._joiner.done():
+            self._joiner.set_result(None)
+
+    async def join(self) -> None:
+        if self._unfinished:
+            if self._joiner is None or self._joiner.done():
+                self._joiner = asyncio.get_running_loop().create_future()
+            await self._joiner
+
+
+class SpaceSocket(async_socket.AsyncSocket):  # type: ignore[misc]
+    """An engine.io socket that keeps no task of its own once it is on WebSocket.
+
+    engine.io's own socket runs, for each WebSocket client, a writer task draining a queue, a
+    task per message received (to put a timeout on the read) and a task per ping cycle. Here the
+    connection's aiohttp handler task does the reading, packets are written straight to the
+    transport through the same per-socket write path as broadcasts (so their order is kept), and
+    pings are timer callbacks. A client that stops answering pings is still closed by the
+    engine's service task. Long-polling is unchanged.
+    """
+
+    raw_ws: WebSocketResponse | None = None
+    _transport: Any = None
+    next_ping: float = 0.0
+    """When the next ping is due (``time.monotonic()``); 0 when none is scheduled. The engine's
+    service task sends them, so a socket needs no timer of its own."""
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def direct_transport(self) -> Any:
+        """The transport to write to, when packets no longer go through the queue."""
+        transport = self._transport
+        if (
+            transport is None
+            or not self.upgraded
+            or self.upgrading
+            or transport.is_closing()
+            or not self.queue.empty()
+        ):
+            return None
+        return transport
+
+    async def send(self, pkt: packet.Packet) -> None:
+        if not await self.check_ping_timeout():
+            return
+        self.send_now(pkt)
+
+    def send_now(self, pkt: packet.Packet) -> None:
+        transport = self.direct_transport()
+        if transport is None:
+            self.queue.put_nowait(pkt)
+        else:
+            self._write(transport, pkt)
+
+    def _write(self, transport: Any, pkt: packet.Packet) -> None:
+        encoded = pkt.encode()
+        if isinstance(encoded, str):
+            frame = ws_frame(encoded.encode())
+        else:
+            frame = ws_frame(encoded, binary=True)
+        writer = self.server.frame_writer
+        if writer is not None:
+            writer(transport, frame)
+        else:
+            transport.write(frame)
+
+    def _drain_queue(self, transport: Any) -> None:
+        """Packets queued before the WebSocket took over (the open packet, or what was sent
+        during an upgrade) go out first, in order."""
+        while True:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            self.queue.task_done()
+            if pkt is not None:
+                self._write(transport, pkt)
+
+    # -- pings --------------------------------------------------------------------------------
+
+    def schedule_ping(self) -> None:
+        if self.last_ping:
+            self.last_ping = None
+            self.next_ping = time.monotonic() + self.server.ping_interval
+
+    def ping(self) -> None:
+        self.next_ping = 0.0
+        if not self.closing and not self.closed:
+            self.last_ping = time.time()
+            self.send_now(packet.Packet(packet.PING))
+
+    # -- closing ------------------------------------------------------------------------------
+
+    async def close(
+        self, wait: bool = True, abort: bool = False, reason: str | None = None
+    ) -> None:
+        self.next_ping = 0.0
+        direct = self.direct_transport() is not None
+        await super().close(wait=wait and not direct, abort=abort, reason=reason)
+        ws = self.raw_ws
+        if direct and ws is not None and not ws.closed:
+            flush = self.server.flush_writes
+            if flush is not None:
+                flush()  # what was written before goes before the WebSocket close frame
+            self.server.spawn(ws.close())
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        server = self.server
+        if self.connected:
+            # an upgrade from long-polling: the probe, then the upgrade packet
+            self.upgrading = True
+            try:
+                pkt = await ws.wait()
+            except OSError:
+                self.upgrading = False
+                return
+            probe = packet.Packet(encoded_packet=pkt)
+            if probe.packet_type != packet.PING or probe.data != "probe":
+                self.upgrading = False
+                return
+            await ws.send(packet.Packet(packet.PONG, data="probe").encode())
+            self.queue.put_nowait(packet.Packet(packet.NOOP))  # ends the pending poll
+            try:
+                pkt = await ws.wait()
+            except OSError:
+                self.upgrading = False
+                return
+            if packet.Packet(encoded_packet=pkt).packet_type != packet.UPGRADE:
+                self.upgraded = False
+                self.upgrading = False
+                return
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+        raw = self.raw_ws
+        writer = getattr(raw, "_writer", None)
+        self._transport = getattr(writer, "transport", None)
+        if self._transport is not None:
+            self._drain_queue(self._transport)
+        limit = server.max_http_buffer_size
+        while True:
+            try:
+                data = await ws.wait()
+            except Exception:
+                break
+            if data is None or len(data) > limit:
+                break
+            try:
+                await self.receive(packet.Packet(encoded_packet=data))
+            except exceptions.UnknownPacketError:
+                pass
+            except exceptions.SocketIsClosedError:
+                break
+            except Exception:
+                server.logger.exception("Unknown receive error")
+        await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+
 class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     fast_message: Callable[[str, str], bool] | None = None
     """``(engine.io sid, message) -> handled``: inline handling of hot events (see above)."""
+    frame_writer: Callable[[Any, bytes], None] | None = None
+    """``(transport, frame)``: the per-socket write path shared with broadcasts."""
+    flush_writes: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._async = dict(self._async)
         self._async["websocket"] = _UncompressedWebSocket
+        self._spawned: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+    async def _handle_connect(self, *args: Any, **kwargs: Any) -> Any:
+        # engine.io builds each socket from ``async_socket.AsyncSocket``; this server's are
+        # SpaceSockets (the class is looked up on the module at the time of the call).
+        _socket_module.AsyncSocket = SpaceSocket
+        try:
+            return await super()._handle_connect(*args, **kwargs)
+        finally:
+            _socket_module.AsyncSocket = _STOCK_SOCKET
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> LightQueue:
+        return LightQueue()
+
+    async def _service_task(self) -> None:
+        """Pings, and closing the clients that stopped answering them: one sweep every
+        :data:`SERVICE_SECONDS` over every socket (the stock service task sleeps once per
+        socket, with a task each time, and each socket has a ping task of its own)."""
+        self.service_task_event = self.create_event()
+        while not self.service_task_event.is_set():
+            await asyncio.sleep(SERVICE_SECONDS)
+            now = time.time()
+            due = time.monotonic()
+            timeout = self.ping_timeout
+            for sock in list(self.sockets.values()):
+                if sock.closed:
+                    self.sockets.pop(sock.sid, None)
+                    continue
+                next_ping = getattr(sock, "next_ping", 0.0)
+                if next_ping and next_ping <= due:
+                    sock.ping()
+                elif not sock.closing and sock.last_ping and now - sock.last_ping > timeout:
+                    try:
+                        await sock.close(wait=False, abort=False, reason=self.reason.PING_TIMEOUT)
+                    except Exception:
+                        self.logger.exception("Closing a silent client failed")
 
 
 # A long-polling client sends everything queued since its last POST in one payload; at 60 moves

@@ -224,6 +224,10 @@ class SpaceServer:
         if self.shutting_down:
             raise socketio.exceptions.ConnectionRefusedError("Server is shutting down")
         address = _client_address(environ)
+        # The request's environment (every header, the request object) would otherwise stay
+        # referenced for the whole life of the connection; nothing reads it after this.
+        environ.clear()
+        environ["REMOTE_ADDR"] = address
         session = Session(sid=sid, address=address)
         if isinstance(auth, dict) and isinstance(auth.get("sessionToken"), str):
             token = auth["sessionToken"].strip()
