@@ -27,6 +27,14 @@ Modes (each prints one JSON object on stdout; progress goes to stderr):
 
 ``--server-pid`` lets the generator read the server's CPU time and RSS from /proc over exactly
 the window it measures; the generator's own CPU time is always reported.
+
+Cluster mode: ``--url`` may list several nodes (``--url URL1,URL2``). Players are then spread
+round-robin over the nodes, observers and the other players each in turn (so that observers
+are spread evenly too), and a space spans the nodes. ``--server-pid PID1,PID2`` then reports
+the sums over the pids as the server's CPU and RSS, and each pid's own figures under
+``server_pids``; with several nodes the JSON also splits latency, pair rates and convergence into
+``same_node`` and ``cross_node`` pairs (observer and sender on the same node or not).
+``--redis-pid`` adds Redis's own CPU over the same window (``redis_cpu_pct``).
 """
 
 from __future__ import annotations
@@ -160,11 +168,23 @@ def raise_nofile_limit() -> int:
 
 
 @dataclass
+class Endpoint:
+    host: str
+    port: int
+    path: str
+
+
+@dataclass
 class Run:
     host: str
     port: int
     path: str
     batched: bool = False
+    # cluster mode: every node's endpoint, and the node of every player (empty with one node)
+    endpoints: list[Endpoint] = field(default_factory=list)
+    node_of: list[int] = field(default_factory=list)
+    # cluster mode: latencies of observer/sender pairs on the same node [0] and across nodes [1]
+    split: tuple[list[float], list[float]] | None = None
     # player id -> index, and the send time of every sequence number of every sender
     id_index: dict[str, int] = field(default_factory=dict)
     send_times: list[list[float]] = field(default_factory=list)
@@ -202,6 +222,27 @@ class Run:
         if len(self.errors) < 20:
             self.errors.append(message)
 
+    def assign_nodes(self, count: int, observer_set: set[int]) -> None:
+        """Spread ``count`` players round-robin over the nodes: observers in turn, and the other
+        players in turn, so that both are balanced over the nodes (a no-op with one node)."""
+        nodes = len(self.endpoints)
+        if nodes <= 1:
+            self.node_of = []
+            self.split = None
+            return
+        turn = [0, 0]
+        self.node_of = []
+        for i in range(count):
+            group = 1 if i in observer_set else 0
+            self.node_of.append(turn[group] % nodes)
+            turn[group] += 1
+        self.split = ([], [])
+
+    def endpoint(self, index: int) -> Endpoint:
+        if self.node_of:
+            return self.endpoints[self.node_of[index]]
+        return Endpoint(self.host, self.port, self.path)
+
 
 class Client(asyncio.Protocol):
     """One player: a raw WebSocket connection speaking Engine.IO v4 / Socket.IO v5."""
@@ -230,6 +271,8 @@ class Client(asyncio.Protocol):
         self.duplicates = 0
         self.self_echo = 0
         self.key = base64.b64encode(os.urandom(16)).decode()
+        self.node = run.node_of[index] if run.node_of else 0
+        self.endpoint = run.endpoint(index)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -239,9 +282,10 @@ class Client(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ep = self.endpoint
         request = (
-            f"GET {self.run.path}?EIO=4&transport=websocket HTTP/1.1\r\n"
-            f"Host: {self.run.host}:{self.run.port}\r\n"
+            f"GET {ep.path}?EIO=4&transport=websocket HTTP/1.1\r\n"
+            f"Host: {ep.host}:{ep.port}\r\n"
             "Upgrade: websocket\r\n"
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {self.key}\r\n"
@@ -378,6 +422,9 @@ class Client(asyncio.Protocol):
         sent = self.run.send_times[idx]
         if 0 <= seq < len(sent) and self.run.recording:
             self.run.latencies.append(now - sent[seq])
+            split = self.run.split
+            if split is not None:
+                split[self.run.node_of[idx] != self.node].append(now - sent[seq])
         last = self.last_seq[idx]
         if seq > last:
             self.last_seq[idx] = seq
@@ -521,6 +568,7 @@ async def connect_players(
     Returns the clients (in index order) and each one's connect-to-``room:joined`` time.
     """
     loop = asyncio.get_running_loop()
+    run.assign_nodes(count, observer_set)
     run.start_sweeper()
     sem = asyncio.Semaphore(concurrency)
     clients: list[Client | None] = [None] * count
@@ -529,10 +577,9 @@ async def connect_players(
     async def one(i: int) -> None:
         async with sem:
             t0 = time.perf_counter()
+            ep = run.endpoint(i)
             _, proto = await loop.create_connection(
-                lambda: Client(run, i, space_of(i), i in observer_set, n_players),
-                run.host,
-                run.port,
+                lambda: Client(run, i, space_of(i), i in observer_set, n_players), ep.host, ep.port
             )
             clients[i] = proto
             proto.t_connect = t0
@@ -591,14 +638,40 @@ class LagMonitor:
         }
 
 
-class ServerProbe:
-    """CPU and RSS of the server process over a window (``pid`` may be unknown)."""
+def sum_cpu_seconds(pids: list[int]) -> float | None:
+    """CPU seconds summed over processes (``None`` if any cannot be read)."""
+    total = 0.0
+    for pid in pids:
+        cpu = proc_cpu_seconds(pid)
+        if cpu is None:
+            return None
+        total += cpu
+    return total
 
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
+
+def sum_rss_bytes(pids: list[int]) -> int | None:
+    """RSS summed over processes (``None`` if any cannot be read)."""
+    total = 0
+    for pid in pids:
+        rss = proc_rss_bytes(pid)
+        if rss is None:
+            return None
+        total += rss
+    return total
+
+
+class ServerProbe:
+    """CPU and RSS of the server process(es) over a window (``pids`` may be empty).
+
+    With several processes (cluster nodes) the figures are sums: CPU over the window, and the
+    highest sampled total RSS; ``per_pid`` has each one's own."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
         self.rss_max = 0
+        self.rss_max_each = [0] * len(pids)
         self.task: asyncio.Task[None] | None = None
-        self.cpu0: float | None = None
+        self.cpu0: list[float | None] = []
         self.t0 = 0.0
         self.cores0: dict[str, list[int]] = {}
 
@@ -608,16 +681,20 @@ class ServerProbe:
             await asyncio.sleep(0.5)
 
     def _rss(self) -> None:
-        if self.pid is not None:
-            rss = proc_rss_bytes(self.pid)
-            if rss is not None:
-                self.rss_max = max(self.rss_max, rss)
+        total = 0
+        for k, pid in enumerate(self.pids):
+            rss = proc_rss_bytes(pid)
+            if rss is None:
+                return
+            self.rss_max_each[k] = max(self.rss_max_each[k], rss)
+            total += rss
+        self.rss_max = max(self.rss_max, total)
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
         self.cores0 = per_core_ticks()
-        if self.pid is not None:
-            self.cpu0 = proc_cpu_seconds(self.pid)
+        if self.pids:
+            self.cpu0 = [proc_cpu_seconds(pid) for pid in self.pids]
             self.task = asyncio.ensure_future(self._sample())
 
     def stop(self) -> dict[str, Any]:
@@ -626,25 +703,79 @@ class ServerProbe:
         cores = per_core_ticks()
         self._rss()
         wall = time.perf_counter() - self.t0
-        cpu1 = proc_cpu_seconds(self.pid) if self.pid is not None else None
+        each: list[float | None] = []
+        for pid, c0 in zip(self.pids, self.cpu0, strict=True):
+            c1 = proc_cpu_seconds(pid)
+            ok = c0 is not None and c1 is not None and wall > 0
+            each.append(100.0 * (c1 - c0) / wall if ok else None)  # type: ignore[operator]
         cpu_pct = None
-        if self.cpu0 is not None and cpu1 is not None and wall > 0:
-            cpu_pct = round(100.0 * (cpu1 - self.cpu0) / wall, 1)
-        return {
+        if each and all(e is not None for e in each):
+            cpu_pct = round(sum(each), 1)  # type: ignore[arg-type]
+        result: dict[str, Any] = {
             "cpu_pct": cpu_pct,
             "rss_mb": round(self.rss_max / 2**20, 1) if self.rss_max else None,
             "cores": core_usage(self.cores0, cores, wall),
         }
+        if len(self.pids) > 1:
+            result["per_pid"] = [
+                {
+                    "pid": pid,
+                    "cpu_pct": None if e is None else round(e, 1),
+                    "rss_mb": round(r / 2**20, 1) if r else None,
+                }
+                for pid, e, r in zip(self.pids, each, self.rss_max_each, strict=True)
+            ]
+        return result
 
 
-def new_run(url: str, batched: bool = False) -> Run:
+class CpuWindow:
+    """CPU of one other process (e.g. Redis) over a window, in % of one core."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.cpu0: float | None = None
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.cpu0 = proc_cpu_seconds(self.pid) if self.pid else None
+
+    def stop(self) -> float | None:
+        cpu1 = proc_cpu_seconds(self.pid) if self.pid else None
+        wall = time.perf_counter() - self.t0
+        if self.cpu0 is None or cpu1 is None or wall <= 0:
+            return None
+        return round(100.0 * (cpu1 - self.cpu0) / wall, 1)
+
+
+def parse_endpoint(url: str) -> Endpoint:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
     path = parts.path if parts.path not in ("", "/") else "/socket.io/"
     if not path.endswith("/"):
         path += "/"
-    return Run(host=host, port=port, path=path, batched=batched)
+    return Endpoint(host, port, path)
+
+
+def new_run(url: str, batched: bool = False) -> Run:
+    """``url`` is one node's base URL, or several separated by commas (cluster mode)."""
+    endpoints = [parse_endpoint(u.strip()) for u in url.split(",") if u.strip()]
+    first = endpoints[0]
+    return Run(
+        host=first.host,
+        port=first.port,
+        path=first.path,
+        batched=batched,
+        endpoints=endpoints if len(endpoints) > 1 else [],
+    )
+
+
+def parse_pids(raw: str | None) -> list[int]:
+    """``--server-pid``: one pid, or several separated by commas."""
+    if not raw:
+        return []
+    return [int(p) for p in raw.split(",") if p.strip()]
 
 
 def space_name(tag: str) -> str:
@@ -692,10 +823,12 @@ async def move(args: argparse.Namespace) -> dict[str, Any]:
     gc.freeze()
     gc.disable()
     lag = LagMonitor()
-    probe = ServerProbe(args.server_pid)
+    probe = ServerProbe(parse_pids(args.server_pid))
+    redis_cpu = CpuWindow(args.redis_pid)
     run.recording = True
     lag.start()
     probe.start()
+    redis_cpu.start()
     cpu0 = own_cpu_seconds()
     t0 = time.perf_counter() + 0.01
     slot = 1.0 / (rate * n)
@@ -715,6 +848,7 @@ async def move(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(max(0.001, t0 + k * slot - time.perf_counter()))
     t_sent = time.perf_counter()
     server_move = probe.stop()
+    redis_cpu_pct = redis_cpu.stop()
     gen_cpu = own_cpu_seconds() - cpu0
     moving_wall = t_sent - (t0 - 0.01)
 
@@ -788,8 +922,50 @@ async def move(args: argparse.Namespace) -> dict[str, Any]:
             "errors": run.errors,
         }
     )
+    if "per_pid" in server_move:
+        result["server_pids"] = server_move["per_pid"]
+    if args.redis_pid:
+        result["redis_cpu_pct"] = redis_cpu_pct
+    if run.split is not None:
+        result.update(node_split(run, clients, observers, n, final, active))
     await close_all(run, clients)
     return result
+
+
+def node_split(
+    run: Run, clients: list[Client], observers: list[int], n: int, final: int, active: float
+) -> dict[str, Any]:
+    """Cluster mode: the figures of same-node and cross-node (observer, sender) pairs apart."""
+    nodes = len(run.endpoints)
+    out: dict[str, Any] = {
+        "nodes": [f"http://{e.host}:{e.port}" for e in run.endpoints],
+        "players_per_node": [run.node_of.count(k) for k in range(nodes)],
+        "observers_per_node": [
+            sum(1 for o in observers if run.node_of[o] == k) for k in range(nodes)
+        ],
+    }
+    for cross, name in ((False, "same_node"), (True, "cross_node")):
+        rates: list[float] = []
+        held = 0
+        for o in observers:
+            c = clients[o]
+            for j in range(n):
+                if j == o or (run.node_of[j] != c.node) != cross:
+                    continue
+                rates.append(c.counts[j] / active)
+                held += c.last_seq[j] == final
+        lats = sorted(run.split[cross]) if run.split is not None else []
+        rates.sort()
+        out[name] = {
+            "pairs": len(rates),
+            "latency_samples": len(lats),
+            "p50_ms": _ms(percentile(lats, 50)),
+            "p99_ms": _ms(percentile(lats, 99)),
+            "pair_rate_min": round(rates[0], 2) if rates else None,
+            "pair_rate_median": round(percentile(rates, 50), 2) if rates else None,  # type: ignore[arg-type]
+            "convergence_pct": round(100.0 * held / len(rates), 2) if rates else None,
+        }
+    return out
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -806,14 +982,16 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     run = new_run(args.url)
     size = max(1, args.space_size)
     prefix = space_name("idle")
-    rss0 = proc_rss_bytes(args.server_pid) if args.server_pid else None
+    pids = parse_pids(args.server_pid)
+    rss0 = sum_rss_bytes(pids) if pids else None
+    each0 = [proc_rss_bytes(pid) for pid in pids]
     t = time.perf_counter()
     clients, _ = await connect_players(
         run, n, lambda i: f"{prefix}-{i // size}", set(), args.concurrency, args.join_timeout, n
     )
     join_s = time.perf_counter() - t
     await asyncio.sleep(args.settle)
-    rss1 = proc_rss_bytes(args.server_pid) if args.server_pid else None
+    rss1 = sum_rss_bytes(pids) if pids else None
     result: dict[str, Any] = {
         "mode": "idle",
         "n": n,
@@ -824,6 +1002,13 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         "kb_per_conn": round((rss1 - rss0) / 1024 / n, 1) if rss0 and rss1 else None,
         "errors": run.errors,
     }
+    if len(pids) > 1:
+        result["server_pids"] = [
+            {"pid": pid, "rss_before_mb": _mb(r0), "rss_after_mb": _mb(proc_rss_bytes(pid))}
+            for pid, r0 in zip(pids, each0, strict=True)
+        ]
+    if run.node_of:
+        result["players_per_node"] = [run.node_of.count(k) for k in range(len(run.endpoints))]
     await close_all(run, clients, wait=5.0)
     return result
 
@@ -837,14 +1022,17 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     n: int = args.n
     run = new_run(args.url)
     space = space_name("storm")
-    cpu0 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    pids = parse_pids(args.server_pid)
+    cpu0 = sum_cpu_seconds(pids) if pids else None
+    each0 = [proc_cpu_seconds(pid) for pid in pids]
     gen0 = own_cpu_seconds()
     t = time.perf_counter()
     clients, join_times = await connect_players(
         run, n, lambda _i: space, set(), args.concurrency, args.join_timeout, n
     )
     total = time.perf_counter() - t
-    cpu1 = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    cpu1 = sum_cpu_seconds(pids) if pids else None
+    each1 = [proc_cpu_seconds(pid) for pid in pids]
     join_times.sort()
     result: dict[str, Any] = {
         "mode": "storm",
@@ -856,15 +1044,25 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         "join_p99_ms": _ms(percentile(join_times, 99)),
         "server_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
         "gen_cpu_s": round(own_cpu_seconds() - gen0, 2),
-        "server_rss_mb": _rss_mb(args.server_pid),
+        "server_rss_mb": _mb(sum_rss_bytes(pids)) if pids else None,
         "errors": run.errors,
     }
+    if len(pids) > 1:
+        result["server_pids"] = [
+            {
+                "pid": pid,
+                "cpu_s": round(c1 - c0, 2) if c0 is not None and c1 is not None else None,
+                "rss_mb": _mb(proc_rss_bytes(pid)),
+            }
+            for pid, c0, c1 in zip(pids, each0, each1, strict=True)
+        ]
+    if run.node_of:
+        result["players_per_node"] = [run.node_of.count(k) for k in range(len(run.endpoints))]
     await close_all(run, clients, wait=5.0)
     return result
 
 
-def _rss_mb(pid: int | None) -> float | None:
-    rss = proc_rss_bytes(pid) if pid else None
+def _mb(rss: int | None) -> float | None:
     return round(rss / 2**20, 1) if rss else None
 
 
@@ -876,9 +1074,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="mode", required=True)
 
     def common(p: argparse.ArgumentParser, n: int, concurrency: int) -> None:
-        p.add_argument("--url", default="http://127.0.0.1:3001", help="server base URL")
+        p.add_argument(
+            "--url",
+            default="http://127.0.0.1:3001",
+            help="server base URL, or several (comma-separated) cluster nodes: players are "
+            "spread round-robin over them",
+        )
         p.add_argument("--n", type=int, default=n, help="number of players")
-        p.add_argument("--server-pid", type=int, default=None, help="read its CPU/RSS")
+        p.add_argument(
+            "--server-pid",
+            default=None,
+            help="read its CPU/RSS; several comma-separated pids are summed",
+        )
+        p.add_argument("--redis-pid", type=int, default=None, help="also report this process's CPU")
         p.add_argument("--concurrency", type=int, default=concurrency, help="joins in flight")
         p.add_argument("--join-timeout", type=float, default=120.0, help="seconds")
         p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")

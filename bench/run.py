@@ -4,12 +4,18 @@ Starts each server itself (pinned to core 0), drives it with ``loadgen.py`` (pin
 alternates the servers at every step, and prints markdown tables: one per server, one side by
 side with the ratio spacesync / peer, and the machine the figures come from.
 
+The server ``cluster2`` is spacesync in cluster mode (SPEC §9): two nodes sharing Redis database
+10 of the machine's Redis (``--redis-url``; flushed before the nodes start), with the players of
+each space spread round-robin over both. Both nodes are pinned to the same core as the single
+server, so the comparison is at equal CPU budget.
+
     python bench/run.py                          # capacity at 60 moves/s, default N steps
     python bench/run.py --rate 10                # the throttled-client workload
     python bench/run.py --batched                # spacesync clients join with positionBatching
     python bench/run.py --mode idle              # RSS per joined idle connection (1k, 5k)
     python bench/run.py --mode storm             # 1,000 clients join one space at once
     python bench/run.py --mode all --quick       # short smoke run of every mode
+    python bench/run.py --servers spacesync,cluster2 --batched   # one node against two + Redis
 
 Capacity = the largest N with p99 latency <= 150 ms, convergence 100 % and every observed pair
 receiving at least min(rate, 15) updates per second. Full JSON results are written to
@@ -36,6 +42,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -55,6 +62,11 @@ NOISE_PCT = 10.0
 QUIET_WAIT_S = 30.0  # --quiet-wait
 
 DEFAULT_STEPS = "10,15,20,25,30,35,40,50,60,70,80,100,120,140,160,200,250,300"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"  # --redis-url: database 10, for the benchmark
+TESTS_REDIS_DB = "9"  # the cluster tests' database (tests/support/cluster.py): never flushed here
+CLUSTERS = {"cluster2": 2}  # cluster server name -> spacesync nodes
+BATCHING_SERVERS = {"spacesync", *CLUSTERS}  # servers that --batched applies to
+REFERENCES = ("peer", "spacesync")  # servers the others are compared with, in this order
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,6 +149,83 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
+def comparisons(names: list[str]) -> list[tuple[str, str]]:
+    """(server, reference) pairs to put side by side: each server against the peer and against
+    single-node spacesync, e.g. spacesync / peer, cluster2 / peer, cluster2 / spacesync."""
+    return [(b, a) for a in REFERENCES if a in names for b in names if b not in (a, "peer")]
+
+
+# --------------------------------------------------------------------------------------------
+# Redis (a few commands over RESP, so that the runner needs nothing outside the stdlib)
+# --------------------------------------------------------------------------------------------
+
+
+def _resp_command(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _resp_reply(f: Any) -> Any:
+    line = f.readline()
+    if not line:
+        raise ConnectionError("Redis closed the connection")
+    kind, body = line[:1], line[1:-2]
+    if kind == b"+":
+        return body.decode()
+    if kind == b"-":
+        raise RuntimeError(f"Redis error: {body.decode()}")
+    if kind == b":":
+        return int(body)
+    if kind == b"$":
+        size = int(body)
+        return None if size < 0 else f.read(size + 2)[:-2].decode(errors="replace")
+    if kind == b"*":
+        return [_resp_reply(f) for _ in range(max(0, int(body)))]
+    raise RuntimeError(f"unexpected Redis reply {line[:40]!r}")
+
+
+def redis_command(url: str, *args: str) -> Any:
+    """Run one command on the database of a ``redis://host:port/db`` URL; returns its reply."""
+    parts = urlsplit(url)
+    db = (parts.path or "/0").strip("/") or "0"
+    commands: list[tuple[str, ...]] = []
+    if parts.password:
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password)
+        commands.append(("AUTH", user, password) if user else ("AUTH", password))
+    commands += [("SELECT", db), tuple(args)]
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 5) as s:
+        s.sendall(b"".join(_resp_command(*c) for c in commands))
+        with s.makefile("rb") as f:
+            replies = [_resp_reply(f) for _ in commands]
+    return replies[-1]
+
+
+def redis_info(url: str) -> dict[str, str]:
+    info: dict[str, str] = {}
+    with contextlib.suppress(OSError, RuntimeError, ConnectionError):
+        for line in str(redis_command(url, "INFO", "server")).splitlines():
+            k, sep, v = line.partition(":")
+            if sep:
+                info[k] = v.strip()
+    return info
+
+
+def redis_pid(url: str) -> int | None:
+    """The Redis server's pid, when it runs on this machine (its CPU can then be read)."""
+    host = urlsplit(url).hostname or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:
+        pid = int(redis_info(url).get("process_id", ""))
+    except ValueError:
+        return None
+    return pid if proc_cpu_seconds(pid) is not None else None
+
+
 # --------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------
@@ -144,35 +233,93 @@ def ratio(a: float | None, b: float | None) -> str:
 
 @dataclass
 class Server:
+    """One server under test: a single process, or (``nodes`` > 1, with ``redis_url``) a
+    spacesync cluster whose nodes all run on the server core."""
+
     name: str
     argv: list[str]
     env: dict[str, str]
     cwd: Path
     log_path: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    nodes: int = 1
+    redis_url: str | None = None
+    redis_pid: int | None = None
+    ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     failures_in_a_row: int = 0
     done: bool = False
     results: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def cluster(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.procs
+        return self.procs[0].pid
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The generator's ``--url``: the node URLs, comma-separated."""
+        return ",".join(self.urls)
+
+    @property
+    def pid_arg(self) -> str:
+        """The generator's ``--server-pid``: the node pids, comma-separated."""
+        return ",".join(str(pid) for pid in self.pids)
+
+    @property
+    def log_paths(self) -> list[Path]:
+        if self.nodes == 1:
+            return [self.log_path]
+        return [self.log_path.with_name(f"{self.log_path.stem}-{k}.log") for k in self.node_names]
+
+    @property
+    def node_names(self) -> list[str]:
+        return [chr(ord("a") + k) for k in range(self.nodes)]
 
     def start(self) -> None:
-        self.port = free_port()
-        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = self.log_path.open("ab")
-        logf.write(f"--- start {time.strftime('%H:%M:%S')} port {self.port}\n".encode())
+        if self.redis_url is not None:
+            # A fresh cluster every time: no players, nodes or positions of an earlier life.
+            redis_command(self.redis_url, "FLUSHDB")
+            self.redis_pid = redis_pid(self.redis_url)
+        self.ports, self.procs = [], []
+        try:
+            for k, log_path in zip(self.node_names, self.log_paths, strict=True):
+                self._start_node(k, log_path)
+            for port, proc, log_path in zip(self.ports, self.procs, self.log_paths, strict=True):
+                self._wait_ready(port, proc, log_path)
+        except BaseException:
+            self.stop()
+            raise
+        where = ", ".join(
+            f"port {p} (pid {pid})" for p, pid in zip(self.ports, self.pids, strict=True)
+        )
+        log(f"{self.name} up on {where}")
+
+    def _start_node(self, node: str, log_path: Path) -> None:
+        port = free_port()
+        env = {**os.environ, **self.env, "PORT": str(port), "HOST": "127.0.0.1"}
+        if self.redis_url is not None:
+            env["REDIS_URL"] = self.redis_url
+            env["HOSTNAME"] = f"bench-{self.name}-{node}"
+            env["EXIT_OUTBOX_PATH"] = str(log_path.with_suffix(".exits.sqlite3"))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf = log_path.open("ab")
+        logf.write(f"--- start {time.strftime('%H:%M:%S')} port {port}\n".encode())
         logf.flush()
-        # taskset execs the server, so the pid is the server's own.
-        self.proc = subprocess.Popen(
+        # taskset execs the server, so the pid is the server's own. Every node of a cluster is
+        # pinned to the same server core as a single server: equal CPU budget.
+        proc = subprocess.Popen(
             pinned(SERVER_CORE, self.argv),
             cwd=self.cwd,
             env=env,
@@ -181,34 +328,48 @@ class Server:
             start_new_session=True,
         )
         logf.close()
+        self.ports.append(port)
+        self.procs.append(proc)
+
+    def _wait_ready(self, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        # A cluster node is ready once Redis is connected and its state synchronised.
+        path = "/health/ready" if self.cluster else "/health"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start-up; see {self.log_path}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start-up; see {log_path}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
                     if resp.status == 200:
-                        log(f"{self.name} up on port {self.port} (pid {self.pid})")
                         return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not answer /health within 30 s; see {self.log_path}")
+        raise RuntimeError(f"{self.name} did not answer {path} within 30 s; see {log_path}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=12)
-        except subprocess.TimeoutExpired:
-            log(f"{self.name} ignored SIGTERM for 12 s; killing it")
-            self.proc.kill()
-            self.proc.wait()
+        running = [p for p in self.procs if p.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(timeout=12)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {proc.pid}) ignored SIGTERM for 12 s; killing it")
+                proc.kill()
+                proc.wait()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    def cpu_seconds(self) -> float | None:
+        total = 0.0
+        for pid in self.pids:
+            cpu = proc_cpu_seconds(pid)
+            if cpu is None:
+                return None
+            total += cpu
+        return total
 
     def wait_quiet(
         self,
@@ -224,9 +385,9 @@ class Server:
         t_start = time.monotonic()
         t_idle: float | None = None
         while True:
-            c0, k0 = proc_cpu_seconds(self.pid), core_busy_ticks()
+            c0, k0 = self.cpu_seconds(), core_busy_ticks()
             time.sleep(0.5)
-            c1, k1 = proc_cpu_seconds(self.pid), core_busy_ticks()
+            c1, k1 = self.cpu_seconds(), core_busy_ticks()
             now = time.monotonic()
             server_idle = c0 is None or c1 is None or (c1 - c0) / 0.5 * 100 < threshold_pct
             busiest = max(
@@ -249,7 +410,9 @@ class Server:
         return time.monotonic() - t_start
 
 
-def make_servers(names: list[str], python: str, run_dir: Path) -> list[Server]:
+def make_servers(
+    names: list[str], python: str, run_dir: Path, redis_url: str = DEFAULT_REDIS_URL
+) -> list[Server]:
     servers = []
     for name in names:
         if name == "peer":
@@ -272,9 +435,34 @@ def make_servers(names: list[str], python: str, run_dir: Path) -> list[Server]:
                     log_path=run_dir / "spacesync.log",
                 )
             )
+        elif name in CLUSTERS:
+            servers.append(
+                Server(
+                    name=name,
+                    argv=[python, "-m", "spacesync"],
+                    env={"NODE_ENV": "development", "LOG_LEVEL": "warn"},
+                    cwd=REPO,
+                    log_path=run_dir / f"{name}.log",
+                    nodes=CLUSTERS[name],
+                    redis_url=redis_url,
+                )
+            )
         else:
-            raise SystemExit(f"unknown server {name!r} (use peer, spacesync)")
+            known = ", ".join(["peer", "spacesync", *CLUSTERS])
+            raise SystemExit(f"unknown server {name!r} (use {known})")
     return servers
+
+
+def check_redis(url: str) -> None:
+    """The cluster servers need the machine's Redis; refuse to start without it."""
+    if ((urlsplit(url).path or "/0").strip("/") or "0") == TESTS_REDIS_DB:
+        raise SystemExit(f"{url}: database {TESTS_REDIS_DB} belongs to the cluster tests")
+    try:
+        reply = redis_command(url, "PING")
+    except (OSError, RuntimeError, ConnectionError) as exc:
+        raise SystemExit(f"cluster servers need Redis at {url}: {exc}") from exc
+    if reply != "PONG":
+        raise SystemExit(f"Redis at {url} answered {reply!r} to PING")
 
 
 def ensure_peer_installed() -> None:
@@ -288,16 +476,18 @@ def ensure_peer_installed() -> None:
 
 def log_problems(server: Server) -> list[str]:
     """Error-level lines and tracebacks the server wrote during the run."""
-    try:
-        lines = server.log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
+    lines = []
+    for path in server.log_paths:
+        with contextlib.suppress(OSError):
+            prefix = f"[{path.stem}] " if server.nodes > 1 else ""
+            lines += [prefix + ln for ln in path.read_text(errors="replace").splitlines()]
     bad = [
         ln
         for ln in lines
         if '"level": "error"' in ln
         or '"level":"error"' in ln
         or ln.startswith("Traceback")
+        or "] Traceback" in ln
         or "Error:" in ln
     ]
     return bad[:10]
@@ -318,7 +508,8 @@ def loadgen(python: str, mode: str, server: Server, extra: list[str], timeout: f
             "--url",
             server.url,
             "--server-pid",
-            str(server.pid),
+            server.pid_arg,
+            *(["--redis-pid", str(server.redis_pid)] if server.redis_pid else []),
             *extra,
         ],
     )
@@ -353,7 +544,15 @@ def noise(result: dict[str, Any]) -> float | None:
         return None
     srv = c_srv["busy"] - (result.get("server_cpu_pct") or 0.0) + c_srv["steal"]
     gen = c_gen["busy"] - (result.get("gen_cpu_pct") or 0.0) + c_gen["steal"]
-    return round(max(0.0, srv, gen), 1)
+    # A cluster's Redis is not pinned: its CPU lands on either core and is part of what is
+    # measured, not noise. Take it off the larger excess first, then off the other.
+    excess = sorted([srv, gen], reverse=True)
+    left = result.get("redis_cpu_pct") or 0.0
+    for k in range(2):
+        take = min(left, max(0.0, excess[k]))
+        excess[k] -= take
+        left -= take
+    return round(max(0.0, *excess), 1)
 
 
 def judge(result: dict[str, Any], rate: float) -> tuple[bool, str]:
@@ -394,7 +593,7 @@ def run_capacity(args: argparse.Namespace, servers: list[Server]) -> dict[str, A
         server.wait_quiet()
         log(f"warming up {server.name}")
         warm = ["--n", "10", "--rate", str(args.rate), "--duration", "2", "--observers", "2"]
-        warm += ["--batched"] if args.batched and server.name == "spacesync" else []
+        warm += ["--batched"] if args.batched and server.name in BATCHING_SERVERS else []
         loadgen(args.python, "move", server, warm, timeout)
 
     for i, n in enumerate(steps):
@@ -408,7 +607,7 @@ def run_capacity(args: argparse.Namespace, servers: list[Server]) -> dict[str, A
                 continue
             server.wait_quiet()
             extra = ["--n", str(n), *move_args]
-            if args.batched and server.name == "spacesync":
+            if args.batched and server.name in BATCHING_SERVERS:
                 extra.append("--batched")
             log(f"{server.name}: N={n} at {args.rate:g} moves/s for {args.duration:g} s")
             result = loadgen(args.python, "move", server, extra, timeout)
@@ -459,20 +658,54 @@ def run_capacity(args: argparse.Namespace, servers: list[Server]) -> dict[str, A
     }
 
 
+def both(nodes: int) -> str:
+    return "Both nodes" if nodes == 2 else f"All {nodes} nodes"
+
+
+def cluster_note(name: str, redis_url: str) -> str:
+    db = (urlsplit(redis_url).path or "/0").strip("/") or "0"
+    return (
+        f"_{name}: {CLUSTERS[name]} spacesync nodes in cluster mode sharing Redis database {db} "
+        "(flushed before the nodes start), players spread round-robin over the nodes, so every "
+        f"space spans them. {both(CLUSTERS[name])} are pinned to the same server core "
+        f"(core {SERVER_CORE}) as the single server and the peer: the comparison is at equal "
+        "CPU budget, and the cluster's figures show what the cross-node fan-out costs, not what "
+        "more cores would buy. Server CPU % and µs CPU/update are the sums over the nodes. Redis "
+        "is not pinned and not counted in server CPU; its own CPU is the redis CPU % column "
+        "(the machine's Redis may also serve other work). p99 same / cross node splits the "
+        "latency by whether the observer and the sender are on the same node._"
+    )
+
+
+def cluster_cells(r: dict[str, Any]) -> str:
+    same = (r.get("same_node") or {}).get("p99_ms")
+    cross = (r.get("cross_node") or {}).get("p99_ms")
+    nodes = " / ".join(fmt(x.get("cpu_pct")) for x in r.get("server_pids") or []) or "–"
+    return f"{fmt(same)} / {fmt(cross)} | {nodes} | {fmt(r.get('redis_cpu_pct'))} | "
+
+
 def capacity_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     out = []
     title = f"{args.rate:g} moves/s per player, {args.duration:g} s of moving per step"
+    names = list(data["results"])
+    clusters = [name for name in names if name in CLUSTERS]
     if args.batched:
-        title += ", spacesync clients join with positionBatching"
+        batching = [name for name in names if name in BATCHING_SERVERS]
+        title += f", {' and '.join(batching) or 'spacesync'} clients join with positionBatching"
     out.append(f"## Capacity — {title}\n")
+    for name in clusters:
+        out.append(cluster_note(name, args.redis_url) + "\n")
     for name, results in data["results"].items():
         out.append(f"### {name}\n")
+        cluster = name in CLUSTERS
         out.append(
             "| N | p50 ms | p99 ms | slowest pair /s | median pair /s | convergence % "
             "| updates/s | server CPU % | µs CPU/update | server RSS MB | gen CPU % "
-            "| gen lag p99 ms | noise % | stale | result |"
+            "| gen lag p99 ms | noise % | stale | "
+            + ("p99 ms same / cross node | node CPU % | redis CPU % | " if cluster else "")
+            + "result |"
         )
-        out.append("|" + "---:|" * 14 + "---|")
+        out.append("|" + "---:|" * (17 if cluster else 14) + "---|")
         for r in results:
             verdict = "pass" if r["pass"] else f"fail ({r['why']})"
             if r.get("gen_bound"):
@@ -486,18 +719,20 @@ def capacity_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
                 f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('server_us_per_update'), 2)} "
                 f"| {fmt(r.get('server_rss_mb'))} | {fmt(r.get('gen_cpu_pct'))} "
                 f"| {fmt(r.get('gen_lag_p99_ms'))} | {fmt(r.get('noise_pct'))} "
-                f"| {fmt(r.get('stale'))} | {verdict} |"
+                f"| {fmt(r.get('stale'))} | "
+                + (cluster_cells(r) if cluster else "")
+                + f"{verdict} |"
             )
         out.append("")
-    names = list(data["results"])
-    if "peer" in names and "spacesync" in names:
-        peer = {r["n"]: r for r in data["results"]["peer"]}
-        ss = {r["n"]: r for r in data["results"]["spacesync"]}
-        out.append("### Side by side (ratio = spacesync / peer)\n")
+    for b_name, a_name in comparisons(names):
+        peer = {r["n"]: r for r in data["results"][a_name]}
+        ss = {r["n"]: r for r in data["results"][b_name]}
+        a_, b_ = a_name, b_name
+        out.append(f"### Side by side (ratio = {b_} / {a_})\n")
         out.append(
-            "| N | p99 ms peer | p99 ms spacesync | ratio | server CPU % peer "
-            "| server CPU % spacesync | ratio | µs/update peer | µs/update spacesync | ratio "
-            "| RSS MB peer | RSS MB spacesync | ratio | gen CPU % peer | gen CPU % spacesync |"
+            f"| N | p99 ms {a_} | p99 ms {b_} | ratio | server CPU % {a_} "
+            f"| server CPU % {b_} | ratio | µs/update {a_} | µs/update {b_} | ratio "
+            f"| RSS MB {a_} | RSS MB {b_} | ratio | gen CPU % {a_} | gen CPU % {b_} |"
         )
         out.append("|" + "---:|" * 15)
         for n in data["steps"]:
@@ -521,8 +756,13 @@ def capacity_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         out.append("")
     cap = data["capacity"]
     line = ", ".join(f"{k} **{v}**" for k, v in cap.items())
-    if cap.get("peer") and "spacesync" in cap:
-        line += f" — ratio spacesync / peer = **{cap['spacesync'] / cap['peer']:.2f}**"
+    ratios = [
+        f"{b} / {a} = **{cap[b] / cap[a]:.2f}**"
+        for b, a in comparisons(list(cap))
+        if cap.get(a) and cap.get(b) is not None
+    ]
+    if ratios:
+        line += " — ratio " + ", ".join(ratios)
     out.append(f"**Capacity** (largest N passing): {line}")
     last_step = data["steps"][-1] if data["steps"] else None
     for name, c in cap.items():
@@ -590,11 +830,11 @@ def idle_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
                 f" | {fmt(r.get('kb_per_conn'))} | {fmt(r.get('join_s'), 2)}"
                 f"{' — ' + r['failed'] if 'failed' in r else ''} |"
             )
-        if len(data["results"]) == 2 and "peer" in data["results"]:
-            a = next((x for x in data["results"]["peer"] if x["n"] == count), {})
-            b = next((x for x in data["results"].get("spacesync", []) if x["n"] == count), {})
+        for b_name, a_name in comparisons(list(data["results"])):
+            a = next((x for x in data["results"][a_name] if x["n"] == count), {})
+            b = next((x for x in data["results"][b_name] if x["n"] == count), {})
             out.append(
-                f"| {count} | ratio spacesync / peer | "
+                f"| {count} | ratio {b_name} / {a_name} | "
                 f"| {ratio(b.get('rss_after_mb'), a.get('rss_after_mb'))} "
                 f"| {ratio(b.get('kb_per_conn'), a.get('kb_per_conn'))} | |"
             )
@@ -640,10 +880,10 @@ def storm_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
             f"| {fmt(best.get('server_rss_mb'))}"
             f"{' — failed: ' + failed[0] if failed else ''} |"
         )
-    if "peer" in medians and "spacesync" in medians:
+    for b_name, a_name in comparisons(list(medians)):
         out.append(
-            f"\nRatio spacesync / peer (median total time): "
-            f"**{ratio(medians['spacesync'], medians['peer'])}**"
+            f"\nRatio {b_name} / {a_name} (median total time): "
+            f"**{ratio(medians[b_name], medians[a_name])}**"
         )
     return "\n".join(out) + "\n"
 
@@ -653,7 +893,7 @@ def storm_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def machine(args: argparse.Namespace) -> dict[str, str]:
+def machine(args: argparse.Namespace, clusters: list[str] | None = None) -> dict[str, str]:
     model = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -678,7 +918,14 @@ def machine(args: argparse.Namespace) -> dict[str, str]:
         ),
         "commit": source_revision(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **({"redis": redis_description(args.redis_url)} if clusters else {}),
     }
+
+
+def redis_description(url: str) -> str:
+    info = redis_info(url)
+    safe = url.split("@", 1)[-1] if "@" in url else url.split("://", 1)[-1]
+    return f"{info.get('redis_version', 'unknown')} at {safe}"
 
 
 def source_revision() -> str:
@@ -690,12 +937,17 @@ def source_revision() -> str:
     return rev
 
 
-def machine_report(info: dict[str, str]) -> str:
+def machine_report(info: dict[str, str], clusters: list[str] | None = None) -> str:
     out = ["## Machine\n", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in info.items()]
     out.append(
         f"| pinning | servers on core {SERVER_CORE}, load generator on core {GENERATOR_CORE} |"
     )
+    for name in clusters or []:
+        out.append(
+            f"| {name} pinning | {both(CLUSTERS[name]).lower()} on core {SERVER_CORE}, the single "
+            "server's core (equal CPU budget); Redis not pinned, its CPU reported apart |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -708,9 +960,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--mode", choices=["capacity", "idle", "storm", "all"], default="capacity")
-    p.add_argument("--servers", default="peer,spacesync", help="comma-separated, in order")
+    p.add_argument(
+        "--servers",
+        default="peer,spacesync",
+        help="comma-separated, in order: peer, spacesync, cluster2 (two spacesync nodes + Redis)",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help="Redis database of the cluster servers (FLUSHDB before they start: a spare db!)",
+    )
     p.add_argument("--rate", type=float, default=60.0, help="moves per second per player")
-    p.add_argument("--batched", action="store_true", help="spacesync joins with positionBatching")
+    p.add_argument(
+        "--batched", action="store_true", help="spacesync (and cluster2) join with positionBatching"
+    )
     p.add_argument("--steps", default=DEFAULT_STEPS, help="comma-separated N values")
     p.add_argument("--duration", type=float, default=8.0, help="seconds of moving per step")
     p.add_argument("--observers", type=int, default=8, help="measuring clients per step")
@@ -772,10 +1035,13 @@ def main(argv: list[str] | None = None) -> int:
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
     if "peer" in names:
         ensure_peer_installed()
+    clusters = [name for name in names if name in CLUSTERS]
+    if clusters:
+        check_redis(args.redis_url)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = RESULTS / stamp
-    servers = make_servers(names, args.python, run_dir)
-    info = machine(args)
+    servers = make_servers(names, args.python, run_dir, args.redis_url)
+    info = machine(args, clusters)
     report: list[str] = []
     data: dict[str, Any] = {"machine": info, "args": vars(args)}
     try:
@@ -808,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
         report.append("\n".join(lines) + "\n")
     if args.quick:
         report.insert(0, "_Quick smoke run: short steps, not a measurement._\n")
-    report.append(machine_report(info))
+    report.append(machine_report(info, clusters))
     text = "\n".join(report)
     print(text)
     out = Path(args.out) if args.out else run_dir / "results.json"
