@@ -25,13 +25,22 @@ import redis.asyncio as aioredis
 
 from .observability.logging import log
 from .state.base import Departed
-from .state.redis import PREFIX, REDIS_ERRORS, SEP, RedisStore, key, node_index_key
+from .state.redis import (
+    PREFIX,
+    REDIS_ERRORS,
+    SEP,
+    RedisStore,
+    key,
+    node_index_key,
+    reaped_key,
+)
 
 HEARTBEAT_SECONDS = 2.0
 DEAD_AFTER_SECONDS = 10.0
 """A node whose heartbeat is older than this is dead: with the heartbeat period and the check
 period, a killed node is noticed within 12 s (SPEC §9 asks for 15 s)."""
 RETRY_SECONDS = 0.5
+REAPED_MEMORY_SECONDS = 24 * 3600
 MAX_PENDING_PUBLISHES = 50_000
 
 _HEARTBEAT = """
@@ -58,6 +67,8 @@ class BusReceiver(Protocol):
     def deliver_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None: ...
 
     def deliver_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None: ...
+
+    def holds(self, space_id: str, player_id: str) -> bool: ...
 
 
 class ClusterBus:
@@ -97,11 +108,23 @@ class ClusterBus:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def publish_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None:
-        """A Socket.IO packet for the space's players (or only ``players``) on other nodes."""
-        header = {"k": "e", "o": self.node, "s": space_id}
+    def publish_event(
+        self,
+        space_id: str,
+        packet: bytes,
+        players: list[str] | None,
+        about: str | None = None,
+    ) -> None:
+        """A Socket.IO packet for the space's players (or only ``players``) on other nodes.
+
+        ``about``: the player a departure notice is about. A node that holds that player live
+        drops the notice: it comes from a node that took this one for dead, and the player is
+        told in another way (its socket is closed, and it joins again)."""
+        header: dict[str, Any] = {"k": "e", "o": self.node, "s": space_id}
         if players is not None:
-            header["p"] = players  # type: ignore[assignment]
+            header["p"] = players
+        if about is not None:
+            header["a"] = about
         self._publish(space_channel(space_id), orjson.dumps(header) + b"\n" + packet)
 
     def publish_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None:
@@ -190,6 +213,9 @@ class ClusterBus:
         if kind == "m" and receiver is not None:
             receiver.deliver_moves(header["s"], body.split(b"\n"), header["i"])
         elif kind == "e" and receiver is not None:
+            about = header.get("a")
+            if about is not None and receiver.holds(header["s"], about):
+                return
             receiver.deliver_event(header["s"], body, header.get("p"))
         elif kind == "x" and self.on_evict is not None:
             await self.on_evict(header["s"], header["p"], header["sid"])
@@ -217,6 +243,10 @@ class ClusterMember(Protocol):
     async def depart_ghost(self, departed: Departed, reason: str, *, log_exit: bool) -> None: ...
 
     async def announce_restored(self, space_id: str, player: Any) -> None: ...
+
+    async def drop_reaped(self, entries: set[tuple[str, str, str]]) -> None: ...
+
+    def submit_exit(self, event: Any) -> None: ...
 
     def socket_count(self) -> int: ...
 
@@ -294,7 +324,7 @@ class NodeMonitor:
                 args=[self.node, figures, int(DEAD_AFTER_SECONDS * 3000)],
             )
             if added or not self.store.healthy:
-                await self._restore(first=bool(added) and self._connected_since is None)
+                await self._restore()
         except REDIS_ERRORS as exc:
             self.store.mark_down(exc)
             return
@@ -303,20 +333,34 @@ class NodeMonitor:
         if self._connected_since is None:
             self._connected_since = time.monotonic()
 
-    async def _restore(self, first: bool) -> None:
-        added, departed = await self.store.restore()
+    async def _restore(self) -> None:
+        reaped = await self.store.reaped_here()
+        if reaped and self.member is not None:
+            # The others declared this node dead (it was cut off): they removed these players,
+            # told everyone and logged their EXITs. Their sockets are closed, and the official
+            # client reconnects and joins again.
+            await self.member.drop_reaped(reaped)
+            log.error(
+                "E2002",
+                "This node was declared dead by the others while it was cut off from Redis; "
+                "its players are reconnected",
+                playersDropped=len(reaped),
+            )
+        restored = await self.store.restore(reaped)
         if self.member is not None:
-            for space_id, player in added:
+            for space_id, player in restored.added:
                 await self.member.announce_restored(space_id, player)
-            for gone in departed:
+            for gone in restored.departed:
                 await self.member.depart_ghost(gone, "disconnect:unknown", log_exit=False)
+            for event in restored.exits:
+                self.member.submit_exit(event)
         if self._down_logged:
             self._down_logged = False
             log.info(
                 "I6004",
                 "Redis is reachable again; this node's players were written back",
-                restored=len(added),
-                departed=len(departed),
+                restored=len(restored.added),
+                departed=len(restored.departed),
             )
 
     async def _reap_predecessors(self) -> None:
@@ -346,16 +390,20 @@ class NodeMonitor:
 
     async def _reap(self, other: str, why: str) -> None:
         index = await self.redis.hgetall(node_index_key(other))
-        removed = 0
+        removed: list[str] = []
         for field, sid in index.items():
             space_id, _, player_id = field.decode().partition(SEP)
             departed = await self.store.remove_for(space_id, player_id, sid.decode())
             if departed is None:
                 continue  # another node removed it first, or it joined again elsewhere
-            removed += 1
+            removed.append(SEP.join((space_id, player_id, sid.decode())))
             if self.member is not None:
                 await self.member.depart_ghost(departed, "disconnect:server lost", log_exit=True)
         async with self.redis.pipeline(transaction=True) as pipe:
+            if removed:
+                # If the node was only cut off, it finds out from this when it is back.
+                pipe.sadd(reaped_key(other), *removed)
+                pipe.expire(reaped_key(other), REAPED_MEMORY_SECONDS)
             pipe.srem(key("node-index"), other)
             pipe.zrem(key("nodes"), other)
             pipe.delete(node_index_key(other), key("node", other))
@@ -366,7 +414,7 @@ class NodeMonitor:
             "E2002",
             f"Cluster node {other} {why}; its players were removed",
             lostNode=other,
-            playersRemoved=removed,
+            playersRemoved=len(removed),
         )
 
     async def cluster_figures(self) -> dict[str, Any]:

@@ -188,11 +188,13 @@ class Broadcaster:
         skip_sid: str | None = None,
         *,
         local_only: bool = False,
+        about: str | None = None,
     ) -> None:
+        """``about``: the player a departure notice concerns (see ``ClusterBus``)."""
         packet = _packet(event, data)
         self.deliver_event(space_id, packet, None, skip_sid)
         if self.bus is not None and not local_only:
-            self.bus.publish_event(space_id, packet, None)
+            self.bus.publish_event(space_id, packet, None, about)
 
     async def to_players(
         self,
@@ -214,10 +216,17 @@ class Broadcaster:
         if self.bus is not None:
             self.bus.publish_evict(node, space_id, player_id, sid)
 
-    def publish_remote(self, space_id: str, event: str, data: Any) -> None:
+    def publish_remote(
+        self, space_id: str, event: str, data: Any, about: str | None = None
+    ) -> None:
         """An event for the space's players on the other nodes only."""
         if self.bus is not None:
-            self.bus.publish_event(space_id, _packet(event, data), None)
+            self.bus.publish_event(space_id, _packet(event, data), None, about)
+
+    def holds(self, space_id: str, player_id: str) -> bool:
+        """Whether a socket of this node is in the space as that player."""
+        players = self._players.get(space_id)
+        return players is not None and player_id in players
 
     def deliver_event(
         self,

@@ -275,7 +275,7 @@ class SpaceServer:
         else:
             self.per_address.pop(session.address, None)
         why = session.closing_reason or f"disconnect:{reason or 'unknown'}"
-        if session.joined and session.closing_reason != "replaced":
+        if session.joined and session.closing_reason not in ("replaced", "reaped"):
             try:
                 await self._leave(session, why, connected=False)
             except Exception as exc:
@@ -528,15 +528,15 @@ class SpaceServer:
         left = {"id": player_id}
         notice = system_message(f"{sanitize(identity.nickname)} left")
         if tell_local:
-            await self.out.to_space(space_id, "player:left", left)
-            await self.out.to_space(space_id, "chat:system", notice)
+            await self.out.to_space(space_id, "player:left", left, about=player_id)
+            await self.out.to_space(space_id, "chat:system", notice, about=player_id)
         else:
-            self.out.publish_remote(space_id, "player:left", left)
-            self.out.publish_remote(space_id, "chat:system", notice)
+            self.out.publish_remote(space_id, "player:left", left, about=player_id)
+            self.out.publish_remote(space_id, "chat:system", notice, about=player_id)
         duration = time.time() - joined_at
         if log_exit:
             event = exit_event_for(identity.session_token, space_id, reason, duration, player_id)
-            if event is not None:
+            if event is not None and not self.store.defer_exit(space_id, player_id, sid, event):
                 self.exits.submit(event)
         log.info(
             "I2002",
@@ -561,6 +561,25 @@ class SpaceServer:
             log_exit=log_exit,
             tell_local=log_exit,
         )
+
+    async def drop_reaped(self, entries: set[tuple[str, str, str]]) -> None:
+        """Close the sockets of players the other nodes removed while this node was cut off
+        (they logged the EXITs); the official client reconnects and joins again."""
+        for space_id, player_id, sid in entries:
+            self.store.forget_local(space_id, player_id, sid)
+            session = self.sessions.get(sid)
+            if session is None or session.space_id != space_id:
+                continue
+            session.closing_reason = "reaped"
+            await self.out.leave_space(sid, space_id, player_id)
+            self.out.write_out()
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+            sock = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+            if sock is not None and not sock.closed:
+                await sock.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
+
+    def submit_exit(self, event: Any) -> None:
+        self.exits.submit(event)
 
     async def announce_restored(self, space_id: str, player: PlayerState) -> None:
         """A player of this node the others did not know of (after a Redis outage)."""

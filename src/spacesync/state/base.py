@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..domain.chat import ChatDecision
 from ..domain.identity import Identity
@@ -48,6 +48,10 @@ class StateStore(Protocol):
 
     def forget_local(self, space_id: str, player_id: str, sid: str) -> None:
         """Drop this node's copy of a player whose socket another node took over."""
+
+    def defer_exit(self, space_id: str, player_id: str, sid: str, event: Any) -> bool:
+        """Whether the store holds the EXIT of this departure back (to be logged once shared
+        state can say who logs it); if not, the caller logs it now."""
 
     async def player(self, space_id: str, player_id: str) -> PlayerState | None: ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import Any
 
 from ..domain.chat import ChatDecision, ChatRateLimiter
 from ..domain.identity import Identity
@@ -55,6 +56,10 @@ class MemoryStore:
 
     def forget_local(self, space_id: str, player_id: str, sid: str) -> None:
         """Nothing to do on a single node: a replacing join already took the entry over."""
+
+    def defer_exit(self, space_id: str, player_id: str, sid: str, event: Any) -> bool:
+        """Never: on a single node the EXIT is logged at once."""
+        return False
 
     async def player(self, space_id: str, player_id: str) -> PlayerState | None:
         roster = self._spaces.get(space_id)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -124,6 +125,23 @@ def node_index_key(node: str) -> str:
     return key("node", node, "players")
 
 
+def reaped_key(node: str) -> str:
+    """Players of ``node`` removed by the others when it was declared dead."""
+    return key("reaped", node)
+
+
+@dataclass(slots=True)
+class Restored:
+    """What writing a node's players back found."""
+
+    added: list[tuple[str, PlayerState]] = field(default_factory=list)
+    """Players the others did not know of (they never saw them join, or lost them)."""
+    departed: list[Departed] = field(default_factory=list)
+    """Players who left while Redis was unreachable; the others were not told."""
+    exits: list[Any] = field(default_factory=list)
+    """Held EXITs that are this node's to log."""
+
+
 class SpaceWatcher(Protocol):
     """Told when this node starts and stops serving a space (to follow its channel)."""
 
@@ -182,6 +200,7 @@ class RedisStore:
         self.on_down: Callable[[BaseException], None] | None = None
         self._local: dict[str, dict[str, PlayerState]] = {}
         self._left_offline: dict[tuple[str, str], PlayerState] = {}
+        self._deferred_exits: dict[tuple[str, str, str], Any] = {}
         self._joined_offline: set[tuple[str, str]] = set()
         self._proximity: dict[str, bool] = {}
         self._chat = ChatRateLimiter()
@@ -567,43 +586,81 @@ class RedisStore:
     def local_players(self) -> list[tuple[str, PlayerState]]:
         return [(s, p) for s, players in self._local.items() for p in players.values()]
 
-    async def restore(self) -> tuple[list[tuple[str, PlayerState]], list[Departed]]:
-        """Write this node's live players back into Redis (after an outage, a restart of Redis,
-        or after the others took this node for dead) and remove those that left meanwhile.
+    def defer_exit(self, space_id: str, player_id: str, sid: str, event: Any) -> bool:
+        """Hold the EXIT of a player who left while Redis was unreachable.
 
-        Returns the players that were missing from Redis (the others never saw them join, or
-        saw them leave) and the departures the others have not been told of.
+        The EXIT of a stay is logged by whoever removes the player's entry from Redis, so that
+        it is logged once in the cluster: if this node was cut off long enough for the others
+        to declare it dead, they have logged it already. Held EXITs are settled by
+        :meth:`restore` once Redis answers again.
         """
-        added: list[tuple[str, PlayerState]] = []
-        for space_id, player in self.local_players():
-            outcome = await self._restore(
-                keys=[*self._keys(space_id), node_index_key(self.node)],
-                args=[
-                    player.id,
-                    self._entry(player),
-                    space_id,
-                    _position_json(player),
-                    PREFIX,
-                    player.sid,
-                ],
-            )
-            if outcome == 1:
-                added.append((space_id, player))
-        departed: list[Departed] = []
-        for (space_id, player_id), player in list(self._left_offline.items()):
-            removed = await self._leave(
+        held = self._left_offline.get((space_id, player_id))
+        if held is None or held.sid != sid:
+            return False
+        self._deferred_exits[(space_id, player_id, sid)] = event
+        return True
+
+    async def reaped_here(self) -> set[tuple[str, str, str]]:
+        """``(space, player, socket)`` of this node's players the others removed as dead."""
+        members = await self.redis.smembers(reaped_key(self.node))
+        return {tuple(m.decode().split(SEP, 2)) for m in members}  # type: ignore[misc]
+
+    async def restore(self, reaped: set[tuple[str, str, str]]) -> Restored:
+        """Write this node's live players back into Redis (after an outage, a restart of Redis,
+        or after the others took this node for dead) and settle those that left meanwhile.
+
+        ``reaped`` are the players the others removed (and logged the EXIT of) while this node
+        was out of reach: they are not written back, and their held EXITs are dropped.
+        """
+        restored = Restored()
+        done: set[tuple[str, str]] = set()
+        while True:
+            pending = [
+                (space_id, player)
+                for space_id, player in self.local_players()
+                if (space_id, player.id) not in done
+                and (space_id, player.id, player.sid) not in reaped
+            ]
+            if not pending:
+                break
+            for space_id, player in pending:
+                done.add((space_id, player.id))
+                outcome = await self._restore(
+                    keys=[*self._keys(space_id), node_index_key(self.node)],
+                    args=[
+                        player.id,
+                        self._entry(player),
+                        space_id,
+                        _position_json(player),
+                        PREFIX,
+                        player.sid,
+                    ],
+                )
+                if outcome == 1:
+                    restored.added.append((space_id, player))
+        while self._left_offline:
+            (space_id, player_id), player = self._left_offline.popitem()
+            event = self._deferred_exits.pop((space_id, player_id, player.sid), None)
+            if (space_id, player_id, player.sid) in reaped:
+                continue  # the others removed the player, told everyone and logged the EXIT
+            await self._leave(
                 keys=[*self._keys(space_id), key("space", space_id, "proximity")],
                 args=[player_id, player.sid, space_id, PREFIX],
             )
-            if removed:
-                departed.append(Departed(space_id, player, self.node))
-        self._left_offline.clear()
+            # Removed now, or gone with a restart of Redis: either way nobody else saw the
+            # player leave, so the others are told now and the EXIT is this node's to log.
+            restored.departed.append(Departed(space_id, player, self.node))
+            if event is not None:
+                restored.exits.append(event)
+        self._deferred_exits.clear()
         self._joined_offline.clear()
         for space_id, enabled in self._proximity.items():
             await self.redis.set(
                 key("space", space_id, "proximity"), "1" if enabled else "0", nx=True
             )
-        return added, departed
+        if reaped:
+            await self.redis.delete(reaped_key(self.node))
+        return restored
 
     async def close(self) -> None:
         for task in list(self._tasks):
