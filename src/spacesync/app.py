@@ -27,7 +27,7 @@ from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
 from .integrations.exit_journal import ExitJournal
 from .observability.logging import install_alert_handler, log
-from .observability.metrics import METRICS_VERSION, ProcessFigures
+from .observability.metrics import METRICS_VERSION, LoopLag, ProcessFigures
 from .rooms import RoomManager
 from .state.base import StateStore
 from .state.memory import MemoryStore
@@ -67,6 +67,7 @@ class SpacesyncNode:
     def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
         self.settings = settings
         self.figures = ProcessFigures()
+        self.loop_lag = LoopLag()
         self.node_id = f"{settings.hostname}:{settings.port}:{secrets.token_hex(4)}"
         self.redis: aioredis.Redis | None = None
         self.bus: ClusterBus | None = None
@@ -241,7 +242,11 @@ class SpacesyncNode:
                 "roomCount": len(rooms),
             },
             "parties": {"count": await self.store.party_count()},
-            "process": {**snapshot["process"], **self.figures.runtime()},
+            "process": {
+                **snapshot["process"],
+                **self.figures.runtime(),
+                "eventLoopLag": self.loop_lag.figures(),
+            },
             "memory": snapshot["memory"],
             "cpu": snapshot["cpu"],
             "storage": snapshot["storage"],
@@ -316,6 +321,7 @@ class SpacesyncNode:
         if self.alerter.enabled:
             self._alert_handler = install_alert_handler(self.alerter.observe)
         self.exits.start()
+        self.loop_lag.start()
         self._runner = web.AppRunner(
             self.web, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
@@ -454,6 +460,7 @@ class SpacesyncNode:
     async def close(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        self.loop_lag.stop()
         if self.monitor is not None:
             await self.monitor.close()
         if self.bus is not None:

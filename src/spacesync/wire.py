@@ -285,6 +285,10 @@ class SpaceSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         self.next_ping = 0.0
         direct = self.direct_transport() is not None
         await super().close(wait=wait and not direct, abort=abort, reason=reason)
+        if not direct:
+            # A long-poll still waiting for packets is answered now rather than when its
+            # timeout (35 s) runs out: the socket is gone.
+            self.queue.put_nowait(None)
         ws = self.raw_ws
         if direct and ws is not None and not ws.closed:
             flush = self.server.flush_writes

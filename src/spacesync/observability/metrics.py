@@ -14,6 +14,7 @@ import psutil
 
 METRICS_VERSION = "2.0.0"
 _GIB = 1024**3
+LOOP_LAG_PERIOD = 0.5
 _MIB = 1024**2
 
 
@@ -141,3 +142,37 @@ class ProcessFigures:
             "openFiles": fds,
             "threads": self.process.num_threads(),
         }
+
+
+class LoopLag:
+    """How late the event loop runs a timer: the symptom of a stall (a handler hogging the loop,
+    a join storm, a huge broadcast). Sampled every :data:`LOOP_LAG_PERIOD` seconds; the worst
+    sample of the last minute and the latest one are reported."""
+
+    def __init__(self) -> None:
+        self.latest_ms = 0.0
+        self._window: list[tuple[float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LOOP_LAG_PERIOD)
+            now = loop.time()
+            lag = max(0.0, (now - before - LOOP_LAG_PERIOD) * 1000)
+            self.latest_ms = lag
+            self._window.append((now, lag))
+            while self._window and now - self._window[0][0] > 60.0:
+                self._window.pop(0)
+
+    def figures(self) -> dict[str, float]:
+        worst = max((lag for _, lag in self._window), default=0.0)
+        return {"latestMs": round(self.latest_ms, 1), "maxLastMinuteMs": round(worst, 1)}
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
