@@ -24,6 +24,7 @@ RETRY_MAX_DELAY = 60.0
 MAX_EXIT_AGE = 24 * 3600.0
 MAX_CLIENT_ERROR_ATTEMPTS = 3
 MAX_IN_FLIGHT = 16
+VERIFY_CONCURRENCY = 48
 DRAIN_RETRY_DELAY = 0.5
 
 
@@ -102,6 +103,10 @@ class AppClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.breaker = CircuitBreaker()
+        # Verifications beyond this many wait their turn here, outside the 5 s timeout: in a
+        # join storm (every client of a restarted node at once) a queue of joins is not a
+        # failing app, and must not open the circuit.
+        self._verify_slots = asyncio.Semaphore(VERIFY_CONCURRENCY)
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(timeout),
@@ -127,7 +132,7 @@ class AppClient:
     async def _verify(self, token: str, space_id: str | None) -> VerifyResult:
         url = f"{self.base_url}/api/guest/verify"
         try:
-            async with asyncio.timeout(self.timeout):
+            async with self._verify_slots, asyncio.timeout(self.timeout):
                 response = await self._client.post(
                     url, json={"sessionToken": token, "spaceId": space_id}
                 )
