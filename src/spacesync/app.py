@@ -8,7 +8,6 @@ import gc
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -43,7 +42,8 @@ SHUTDOWN_BUDGET = 7.5
 CLOSE_GRACE = 0.3
 REDIS_TIMEOUT = 1.0
 REDIS_CONNECTIONS = 64
-REDIS_POOL_WAIT = 5.0
+SOCKETIO_PATH = "/socket.io/"
+_GET_PATHS = frozenset({"/", "/health", "/health/ready", "/metrics"})
 _JSON_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, OPTIONS",
@@ -79,7 +79,7 @@ class SpacesyncNode:
             pool = aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
                 max_connections=REDIS_CONNECTIONS,
-                timeout=REDIS_POOL_WAIT,
+                timeout=None,  # waiting for a connection is not an outage; operations time out
                 socket_timeout=REDIS_TIMEOUT,
                 socket_connect_timeout=REDIS_TIMEOUT,
                 retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection may predate a restart
@@ -123,8 +123,7 @@ class SpacesyncNode:
             self.bus.receiver = self.broadcaster
             self.bus.on_evict = self.server.evict_replaced_here
             self.monitor.member = self.server
-        self.web = web.Application(middlewares=[self._cors_middleware])
-        self.sio.attach(self.web, socketio_path="socket.io")
+        self.web = web.Application()
         self._add_routes()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -136,35 +135,40 @@ class SpacesyncNode:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _add_routes(self) -> None:
+        # No middleware: a middleware's frames would stay on the stack of every WebSocket for
+        # the whole life of the connection (about 0.7 KB each); the checks live in the entry
+        # points instead.
         r = self.web.router
+        r.add_get(SOCKETIO_PATH, self._socketio_entry, allow_head=False)
+        r.add_post(SOCKETIO_PATH, self._socketio_entry)
         r.add_get("/", self.health)
         r.add_get("/health", self.health)
         r.add_get("/health/ready", self.ready)
         r.add_get("/presence/{spaceId}", self.presence)
         r.add_get("/metrics", self.metrics)
+        r.add_route("*", "/{tail:.*}", self._fallback)
 
-    @web.middleware
-    async def _cors_middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.path.startswith("/socket.io"):
-            if "sid" not in request.query:
-                if self.stopping:
-                    # A new handshake during shutdown fails at the transport, so the official
-                    # client retries with backoff (a refused Socket.IO connect would not retry).
-                    return _json({"error": "Server is shutting down"}, status=503)
-                refused = self._over_address_limit(request)
-                if refused is not None:
-                    return refused
-            return await handler(request)
+    async def _socketio_entry(self, request: web.Request) -> web.StreamResponse:
+        if "sid" not in request.query:
+            if self.stopping:
+                # A new handshake during shutdown fails at the transport, so the official
+                # client retries with backoff (a refused Socket.IO connect would not retry).
+                return _json({"error": "Server is shutting down"}, status=503)
+            refused = self._over_address_limit(request)
+            if refused is not None:
+                return refused
+        response: web.StreamResponse = await self.sio.eio.handle_request(request)
+        return response
+
+    async def _fallback(self, request: web.Request) -> web.Response:
+        """CORS preflights, and JSON answers for unknown paths and methods."""
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=_JSON_HEADERS)
-        try:
-            return await handler(request)
-        except web.HTTPNotFound:
-            return _json({"error": "Not found"}, status=404)
-        except web.HTTPMethodNotAllowed:
+        path = request.path
+        known = path in _GET_PATHS or path.startswith("/presence/") or path == SOCKETIO_PATH
+        if known:
             return _json({"error": "Method not allowed"}, status=405)
+        return _json({"error": "Not found"}, status=404)
 
     def _over_address_limit(self, request: web.Request) -> web.Response | None:
         """``MAX_CONNECTIONS_PER_IP``: a new handshake from an address already at the limit is

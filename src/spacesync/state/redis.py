@@ -162,21 +162,37 @@ def _apply_position(player: PlayerState, raw: Any) -> None:
     player.x, player.y, player.direction, player.is_moving = x, y, direction, bool(moving)
 
 
+_DECODED: dict[bytes, tuple[Identity, str, float, str | None]] = {}
+_DECODED_LIMIT = 50_000
+
+
 def decode_player(entry: Any, position: Any) -> tuple[PlayerState, str | None] | None:
-    """A stored entry (and position) as ``(player, node)``; ``None`` if it is unreadable."""
-    try:
-        data = orjson.loads(entry)
-        player = PlayerState(
-            identity=Identity.from_dict(data["identity"]),
-            sid=data["sid"],
-            joined_at=float(data["joinedAt"]),
-        )
-    except (ValueError, TypeError, KeyError):
-        return None
+    """A stored entry (and position) as ``(player, node)``; ``None`` if it is unreadable.
+
+    Entries change only when a player joins or edits their profile, while every join reads the
+    whole roster of its space: decoded entries are remembered by their bytes, so a join storm
+    into a big space does not decode the same thousand entries a thousand times."""
+    known = _DECODED.get(entry)
+    if known is None:
+        try:
+            data = orjson.loads(entry)
+            node = data.get("node")
+            known = (
+                Identity.from_dict(data["identity"]),
+                str(data["sid"]),
+                float(data["joinedAt"]),
+                node if isinstance(node, str) else None,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        if len(_DECODED) >= _DECODED_LIMIT:
+            _DECODED.clear()
+        _DECODED[entry] = known
+    identity, sid, joined_at, node = known
+    player = PlayerState(identity=identity, sid=sid, joined_at=joined_at)
     if position:
         _apply_position(player, position)
-    node = data.get("node")
-    return player, node if isinstance(node, str) else None
+    return player, node
 
 
 def _roster(entries: list[Any], positions: list[Any]) -> list[PlayerState]:
