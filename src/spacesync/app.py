@@ -116,6 +116,7 @@ class SpacesyncNode:
             self.sio, settings, self.store, self.broadcaster, self.app_client, self.exits
         )
         self.sio.eio.fast_message = self.server.fast_message
+        self.sio.malformed = self.server.malformed  # type: ignore[method-assign]
         self.sio.eio.frame_writer = self.broadcaster.write
         self.sio.eio.flush_writes = self.broadcaster.write_out
         if self.bus is not None and self.monitor is not None:

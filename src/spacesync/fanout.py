@@ -50,14 +50,6 @@ def _packet(event: str, data: Any) -> bytes:
     return b"42" + orjson.dumps([event, data])
 
 
-def space_room(space_id: str) -> str:
-    return f"space:{space_id}"
-
-
-def plain_moves_room(space_id: str) -> str:
-    return f"moves:{space_id}"
-
-
 @dataclass(slots=True)
 class _Lagging:
     """Positions held back for a client that cannot keep up: the newest per player."""
@@ -71,6 +63,8 @@ class _SpaceMoves:
     pending: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     transitions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     batched_sids: set[str] = field(default_factory=set)
+    plain: dict[str, str] = field(default_factory=dict)
+    """Sockets that get one ``player:moved`` per position: socket id -> engine.io id."""
     last_flush: float = 0.0
     scheduled: bool = False
 
@@ -99,23 +93,33 @@ class Broadcaster:
         self._last_write_out = 0.0
         self.moves_relayed = 0
         self.bus: ClusterBus | None = None
+        """Set in cluster mode: what is sent here also goes to the players on other nodes."""
         self._players: dict[str, dict[str, str]] = {}
         """space -> player -> the socket of that player on this node (for targeted events)."""
-        """Set in cluster mode: what is sent here also goes to the players on other nodes."""
+        self._members: dict[str, dict[str, str]] = {}
+        """space -> socket id -> engine.io id, for this node's sockets in the space (kept here
+        rather than in Socket.IO rooms, whose two-way dictionaries cost more per socket)."""
 
     # -- membership ----------------------------------------------------------------------------
 
     async def enter_space(self, sid: str, space_id: str, player_id: str, batching: bool) -> None:
-        await self.sio.enter_room(sid, space_room(space_id))
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is None:
+            return  # the socket is already gone
+        self._members.setdefault(space_id, {})[sid] = eio_sid
         self._players.setdefault(space_id, {})[player_id] = sid
+        moves = self._space(space_id)
         if batching:
-            self._space(space_id).batched_sids.add(sid)
+            moves.batched_sids.add(sid)
         else:
-            await self.sio.enter_room(sid, plain_moves_room(space_id))
+            moves.plain[sid] = eio_sid
 
     async def leave_space(self, sid: str, space_id: str, player_id: str) -> None:
-        for room in (space_room(space_id), plain_moves_room(space_id)):
-            await self.sio.leave_room(sid, room)
+        members = self._members.get(space_id)
+        if members is not None:
+            members.pop(sid, None)
+            if not members:
+                del self._members[space_id]
         players = self._players.get(space_id)
         if players is not None and players.get(player_id) == sid:
             del players[player_id]
@@ -124,7 +128,13 @@ class Broadcaster:
         moves = self._spaces.get(space_id)
         if moves is not None:
             moves.batched_sids.discard(sid)
-            if not moves.batched_sids and not moves.pending and not moves.scheduled:
+            moves.plain.pop(sid, None)
+            if (
+                not moves.batched_sids
+                and not moves.plain
+                and not moves.pending
+                and not moves.scheduled
+            ):
                 del self._spaces[space_id]
 
     def _space(self, space_id: str) -> _SpaceMoves:
@@ -237,7 +247,7 @@ class Broadcaster:
     ) -> None:
         """A packet to this node's sockets in a space, or only to those of ``player_ids``."""
         if player_ids is None:
-            recipients = self.sio.manager.rooms.get("/", {}).get(space_room(space_id))
+            recipients = self._members.get(space_id)
         else:
             players = self._players.get(space_id)
             if not players:
@@ -290,6 +300,8 @@ class Broadcaster:
             return
         moves.scheduled = False
         if not moves.pending and not moves.transitions:
+            if not moves.plain and not moves.batched_sids:
+                del self._spaces[space_id]  # everyone left meanwhile
             return
         entries = [*moves.transitions, *moves.pending.values()]
         moves.transitions = []
@@ -313,12 +325,13 @@ class Broadcaster:
     def _send_moves(
         self, space_id: str, bodies: list[bytes], ids: list[str], own: dict[str, list[int]]
     ) -> None:
-        plain = self.sio.manager.rooms.get("/", {}).get(plain_moves_room(space_id))
-        if plain:
-            packets = [_PLAIN_PREFIX + b + b"]" for b in bodies]
-            self._send_each(plain, packets, bodies, ids, own)
         moves = self._spaces.get(space_id)
-        if moves is not None and moves.batched_sids:
+        if moves is None:
+            return
+        if moves.plain:
+            packets = [_PLAIN_PREFIX + b + b"]" for b in bodies]
+            self._send_each(moves.plain, packets, bodies, ids, own)
+        if moves.batched_sids:
             self._send_batches(moves.batched_sids, bodies, ids, own)
 
     def _lags(self, transport: Any) -> bool:

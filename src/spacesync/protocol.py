@@ -152,6 +152,11 @@ def _boolean(data: dict[str, Any], key: str, *, required: bool = True) -> bool |
     return value
 
 
+def _one_of(value: Any, allowed: frozenset[str]) -> bool:
+    """Membership that cannot raise: a list or dict is simply not one of the allowed strings."""
+    return isinstance(value, str) and value in allowed
+
+
 def parse_avatar_color(value: Any) -> str:
     """Unknown colours fall back to ``default``; a non-string is bad input."""
     if value is None:
@@ -315,7 +320,7 @@ def parse_join(payload: Any) -> JoinSpace:
 def parse_move(payload: Any) -> Move:
     data = _object(payload, "player:move")
     direction = data.get("direction")
-    if direction not in DIRECTIONS:
+    if not _one_of(direction, DIRECTIONS):
         raise BadInput("direction must be up, down, left or right")
     return Move(
         x=_coordinate(data, "x"),
@@ -342,7 +347,7 @@ def parse_profile(payload: Any) -> ProfileUpdate:
 
 def chat_type(payload: Any) -> str:
     """The effective type of a ``chat:message`` (decides its error channel)."""
-    if isinstance(payload, dict) and payload.get("type") in CHAT_TYPES:
+    if isinstance(payload, dict) and _one_of(payload.get("type"), CHAT_TYPES):
         return str(payload["type"])
     return "message"
 
@@ -354,7 +359,7 @@ def parse_chat(
     kind = data.get("type", default_type)
     if kind is None:
         kind = default_type
-    if kind not in CHAT_TYPES:
+    if not _one_of(kind, CHAT_TYPES):
         raise BadInput("type must be message, whisper or party")
     target_nickname = _string(data, "targetNickname", required=False)
     if target_nickname is not None:

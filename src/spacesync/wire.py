@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as _stdlib_json
+import re
 import socket
 import struct
 import time
@@ -48,9 +49,30 @@ class FastJson:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             try:
-                return _stdlib_json.loads(text)
+                value = _stdlib_json.loads(text)
             except RecursionError as exc:
                 raise ValueError("payload nested too deeply") from exc
+            _check_unicode(value)
+            return value
+
+
+def _check_unicode(value: Any) -> None:
+    """The standard library accepts lone surrogates (``"\\ud800"``), which cannot be sent on to
+    anyone: refuse the payload like any other malformed one."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ValueError("payload is not valid Unicode") from exc
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 _FAST_PATH_SLICE = 5.0
@@ -412,8 +434,30 @@ class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 engineio.payload.Payload.max_decode_packets = 1024
 
 
+RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "*"})
+"""Names python-socketio uses for its own handlers: a client sending one would otherwise run
+the connect or disconnect handler of its socket."""
+
+
 class SpaceSocketServer(socketio.AsyncServer):
     """``AsyncServer`` that treats undecodable packets as bad input from one client."""
+
+    async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
+        name = data[0] if isinstance(data, list) and data else None
+        if data and not isinstance(name, str):
+            # Not an event name at all (a number, a list, an object): the catch-all handler
+            # answers it, whatever its type (an unhashable one would fail the handler lookup).
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+            catch_all = self.handlers.get(namespace or "/", {}).get("*")
+            if sid is not None and catch_all is not None:
+                await catch_all(None, sid)
+            return
+        if isinstance(name, str) and name in RESERVED_EVENTS:
+            # Treated like any unknown event: ignored.
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+            log.debug("I3001", "Reserved event name ignored", event=name, socketId=sid)
+            return
+        await super()._handle_event(eio_sid, namespace, id, data)
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineServer
@@ -421,8 +465,15 @@ class SpaceSocketServer(socketio.AsyncServer):
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
             await super()._handle_eio_message(eio_sid, data)
-        except (ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
-            self._binary_packet.pop(eio_sid, None)
+        except (
+            ValueError,
+            IndexError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            RecursionError,
+        ) as exc:
+            pending = self._binary_packet.pop(eio_sid, None)
             sid = self.manager.sid_from_eio_sid(eio_sid, "/")
             log.warn(
                 "E3001",
@@ -430,6 +481,24 @@ class SpaceSocketServer(socketio.AsyncServer):
                 socketId=sid or eio_sid,
             )
             if sid is not None:
-                await self.emit(
-                    "error", {"message": "Malformed packet", "code": "INVALID_PAYLOAD"}, to=sid
-                )
+                event = _event_name(data)
+                head = getattr(pending, "data", None)
+                if event is None and isinstance(head, list) and head and isinstance(head[0], str):
+                    event = head[0]  # the attachment of a binary event failed to fit in
+                await self.malformed(sid, event)
+
+    async def malformed(self, sid: str, event: str | None) -> None:
+        """Answer a packet that could not be decoded (replaced by the node, which answers on
+        the event's own error channel, and not before the socket joined unless it is a join)."""
+        await self.emit("error", {"message": "Malformed packet", "code": "INVALID_PAYLOAD"}, to=sid)
+
+
+_EVENT_NAME_RE = re.compile(r'\d*-?(?:/[^,]*,)?\d*\[\s*"([A-Za-z0-9:_-]{1,40})"')
+
+
+def _event_name(data: Any) -> str | None:
+    """The event name at the start of an undecodable Socket.IO packet, if it can be read."""
+    if not isinstance(data, str) or not data[:1].isdigit():
+        return None
+    match = _EVENT_NAME_RE.match(data, 1)
+    return match.group(1) if match else None

@@ -141,7 +141,7 @@ class Verification:
             nickname = nickname.strip()[:32]
         color, config = avatar_from_app(body.get("avatar"))
         role = body.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             role = "PARTICIPANT"
         user_id = body.get("userId")
         if isinstance(user_id, int) and not isinstance(user_id, bool):

@@ -105,6 +105,18 @@ class SpaceServer:
             sio.on(event, self._guard(event, handler))
         sio.on("*", self._ignore_unknown)
 
+    async def malformed(self, sid: str, event: str | None) -> None:
+        """A packet that could not be decoded at all (SPEC §8): answered with ``error
+        INVALID_PAYLOAD``, except before joining when its event can be read and is not a join
+        (events other than a join are ignored until then)."""
+        self.bad_inputs += 1
+        session = self.sessions.get(sid)
+        if session is None or session.closing_reason is not None:
+            return
+        if not session.joined and event is not None and event != "join:space":
+            return  # an event that is ignored before joining, however malformed
+        await self._reply_error(session, None, "Malformed packet")
+
     def fast_message(self, eio_sid: str, text: str) -> bool:
         """Handle a well-formed ``player:move`` from a joined socket without the Socket.IO
         dispatch; return False (and touch nothing) for anything else, which then takes the
@@ -117,11 +129,11 @@ class SpaceServer:
             return False
         try:
             args = orjson.loads(text[2:])
-            if len(args) != 2:
+            if not isinstance(args, list) or len(args) != 2:
                 return False
             move = protocol.parse_move(protocol.check_envelope((args[1],)))
-        except (ValueError, BadInput):
-            return False
+        except Exception:
+            return False  # the ordinary path validates it again and answers
         self.events_handled += 1
         self._apply_move(session, move)
         return True
@@ -227,7 +239,6 @@ class SpaceServer:
         # The request's environment (every header, the request object) would otherwise stay
         # referenced for the whole life of the connection; nothing reads it after this.
         environ.clear()
-        environ["REMOTE_ADDR"] = address
         session = Session(sid=sid, address=address)
         if isinstance(auth, dict) and isinstance(auth.get("sessionToken"), str):
             token = auth["sessionToken"].strip()
@@ -240,6 +251,9 @@ class SpaceServer:
                     session.pre_verified = PreVerified(token, space, identity)
         self.sessions[sid] = session
         self.per_address[address] = self.per_address.get(address, 0) + 1
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            self.sio.environ.pop(eio_sid, None)  # not needed after the connect
         log.info("E2001", "Client connected", socketId=sid, address=address)
 
     async def _verify_at_connect(
@@ -670,6 +684,7 @@ class SpaceServer:
         if message.type == "party":
             await self._party_chat(session, message)
             return
+        _require_text(message)
         if await self._rate_limited(session, message.content, "chat:error"):
             return
         assert session.space_id is not None
@@ -680,6 +695,7 @@ class SpaceServer:
 
     async def _whisper(self, session: Session, message: ChatMessage) -> None:
         assert session.space_id is not None and session.identity is not None
+        _require_text(message)
         space_id, me = session.space_id, session.identity.player_id
         if message.target_id is not None:
             target = await self.store.player(space_id, message.target_id)
@@ -731,6 +747,7 @@ class SpaceServer:
 
     async def _party_chat(self, session: Session, message: ChatMessage) -> None:
         assert session.space_id is not None and session.identity is not None
+        _require_text(message)
         async with self.store.parties(session.space_id) as parties:
             party = parties.member_party(session.identity.player_id, message.party_id)
             party_id, party_name, members = party.id, party.name, list(party.members)
@@ -742,8 +759,11 @@ class SpaceServer:
     async def party_create(self, session: Session, payload: Any) -> None:
         request = protocol.parse_party_create(payload)
         assert session.space_id is not None and session.identity is not None
+        name = sanitize(request.name).strip()
+        if not name:
+            raise BadInput("Party name must contain text")  # it was only markup
         async with self.store.parties(session.space_id) as parties:
-            arrival = parties.create(_member(session.identity), sanitize(request.name))
+            arrival = parties.create(_member(session.identity), name)
         await self._announce_arrival(session, arrival)
         log.info("I5001", "Party created", partyId=arrival.party.id, **session.context())
 
@@ -814,7 +834,9 @@ class SpaceServer:
         assert session.space_id is not None and session.identity is not None
         async with self.store.parties(session.space_id) as parties:
             arrival = parties.join_zone(
-                _member(session.identity), request.party_id, sanitize(request.party_name)
+                _member(session.identity),
+                request.party_id,
+                sanitize(request.party_name).strip() or request.party_id,
             )
         await self._announce_arrival(session, arrival)
 
@@ -930,6 +952,12 @@ def system_message(content: str) -> dict[str, Any]:
         "timestamp": _now_ms(),
         "type": "system",
     }
+
+
+def _require_text(message: ChatMessage) -> None:
+    """A message that was only markup would reach the others empty: refused instead."""
+    if not sanitize(message.content).strip():
+        raise BadInput("Message must contain text")
 
 
 def _member(identity: Identity) -> Member:

@@ -1,0 +1,70 @@
+"""Every client event fuzzed through a real server, sent by a player who joined the space.
+
+SPEC §4 (the client events and their payloads), §3 (input limits), §6 (chat rules), §8 (bad input:
+validated, answered on the event's error channel or with ``error {code: "INVALID_PAYLOAD"}``, no
+state change, no unhandled exception, no stall, nobody else disconnected), §5 (what the server
+sends back), §2 (identity bound to the socket), §10 (``/health``, ``/presence``, ``/metrics``) and
+§11 (no error-level log, no traceback, one JSON object per line).
+
+Each example sends a batch of generated messages for one event — its payload with each field
+valid, hostile (wrong types, huge and non-finite numbers, unicode edge cases, binary attachments,
+nesting 17 to 500 levels deep) or missing, plus non-object payloads, no payload, and extra
+positional arguments — from a fresh fuzzing player, over one WebSocket, without waiting for
+replies. Then (see ``support.fuzzing.joined_example``): the server is healthy; the fuzzing socket
+is still connected and served; surely-bad messages got exactly one error reply and none got more;
+everything anybody received has the shapes of SPEC §3/§5; a bystander in the same space got no
+error and still receives a probe player's jump and chat; a newcomer's ``room:joined`` and
+``/presence`` list exactly the right players with valid fields; once the fuzzing sockets close no
+ghost player, party or socket is left; the logs are clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from support.fuzzing import (
+    CLIENT_EVENTS,
+    Arena,
+    arena_on,
+    batches,
+    event_messages,
+    fuzz_settings,
+    joined_example,
+    run,
+    unknown_messages,
+)
+from support.server import ServerProcess
+
+BATCH = 96  # message slots per example (about nine in ten used)
+EXAMPLES = 24  # per event: about 2,000 payloads
+
+
+@pytest.fixture(scope="module")
+def arena(dev_server: ServerProcess) -> Iterator[Arena]:
+    yield from arena_on(dev_server)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("event", CLIENT_EVENTS)
+@fuzz_settings(EXAMPLES)
+@given(data=st.data())
+def test_fuzzed_event_from_a_joined_player(arena: Arena, event: str, data: st.DataObject) -> None:
+    """SPEC §8: whatever a joined player sends as ``event``, the server stays healthy, answers
+    bad input on the error channel, keeps everybody connected, and its state stays valid."""
+    messages = data.draw(batches(event_messages(event), BATCH), label="batch")
+    run(arena, joined_example(arena, messages))
+
+
+@pytest.mark.timeout(900)
+@fuzz_settings(EXAMPLES)
+@given(data=st.data())
+def test_fuzzed_unknown_events_from_a_joined_player(arena: Arena, data: st.DataObject) -> None:
+    """SPEC §4: unknown event names (other strings, reserved Socket.IO names, server event
+    names, odd characters) are ignored without a reply; names that are not strings are a
+    malformed packet (one ``error``); either way nothing changes."""
+    messages = data.draw(batches(unknown_messages(), BATCH), label="batch")
+    run(arena, joined_example(arena, messages))
