@@ -349,7 +349,7 @@ class SpacesyncNode:
             port=self.settings.port,
             appUrl=self.settings.app_url,
             cluster=self.settings.redis_url is not None,
-            node=self.node_id if self.monitor is not None else None,
+            clusterNode=self.node_id if self.monitor is not None else None,
             alerts=self.alerter.enabled,
             version=__version__,
         )
