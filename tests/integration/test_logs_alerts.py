@@ -88,6 +88,7 @@ async def test_every_line_is_structured_and_routed_by_level(
     assert server.logs, "the server wrote nothing"
     for entry in server.logs:
         assert_log_line(entry)
+        assert entry["context"]["node"] == "test-node", entry  # HOSTNAME names every line
     assert {e["level"] for e in server.logs} == LEVELS
     assert not [line for _, line in server.raw_lines if "Traceback" in line]
 
