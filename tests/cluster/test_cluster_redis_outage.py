@@ -255,8 +255,7 @@ async def test_other_nodes_views_converge_after_the_outage(
     node B, one who joined node A meanwhile gets `player:joined` there, and a player who walked
     meanwhile is eventually shown where it stands (its next move is relayed).
 
-    (An expectation drawn from §9's resynchronisation and what a user sees; the brief does not
-    spell out the events.)"""
+    (SPEC §9 does not name the events; these are what a user would expect to see.)"""
     a, b = await cluster(2, REDIS_URL=private_redis.url(0))
     space = space_id()
     alice = await dev_join(bridge, a, space, "Alice")
