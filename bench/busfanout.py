@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from procstats import proc_cpu_seconds
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
@@ -68,15 +70,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(message: str) -> None:
     print(f"[busfanout] {message}", file=sys.stderr, flush=True)
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,6 @@ import gc
 import math
 import os
 import random
-import resource
 import socket
 import sys
 import time
@@ -57,6 +56,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
+
+from procstats import own_cpu_seconds, raise_nofile_limit
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -145,21 +146,6 @@ def core_usage(before: dict[str, list[int]], after: dict[str, list[int]], wall: 
             "steal": round(d[7], 1),
         }
     return usage
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def raise_nofile_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import socket
@@ -43,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from procstats import proc_cpu_seconds, raise_nofile_limit
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -84,15 +85,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def core_busy_ticks() -> dict[str, int]:
     """Busy jiffies (user + nice + system + steal) of the two benchmark cores."""
     wanted = {f"cpu{SERVER_CORE}", f"cpu{GENERATOR_CORE}"}
@@ -104,16 +96,6 @@ def core_busy_ticks() -> dict[str, int]:
                 v = [int(x) for x in values[:8]]
                 busy[name] = v[0] + v[1] + v[2] + v[7]
     return busy
-
-
-def raise_nofile_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def default_python() -> str:

@@ -46,7 +46,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import signal
 import socket
 import subprocess
@@ -60,6 +59,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from procstats import own_cpu_seconds, raise_nofile_limit
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -103,21 +104,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def raise_nofile_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def own_open_fds() -> int | None:
