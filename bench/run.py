@@ -412,7 +412,7 @@ def make_servers(
                 Server(
                     name="spacesync",
                     argv=[python, "-m", "spacesync"],
-                    env={"NODE_ENV": "development", "LOG_LEVEL": "warn"},
+                    env={"NODE_ENV": "development", "LOG_LEVEL": "warn", "HANDSHAKES_PER_IP": "0"},
                     cwd=REPO,
                     log_path=run_dir / "spacesync.log",
                 )
@@ -422,7 +422,7 @@ def make_servers(
                 Server(
                     name=name,
                     argv=[python, "-m", "spacesync"],
-                    env={"NODE_ENV": "development", "LOG_LEVEL": "warn"},
+                    env={"NODE_ENV": "development", "LOG_LEVEL": "warn", "HANDSHAKES_PER_IP": "0"},
                     cwd=REPO,
                     log_path=run_dir / f"{name}.log",
                     nodes=CLUSTERS[name],

@@ -769,6 +769,7 @@ class OwnServer:
             APP_URL=f"http://127.0.0.1:{free_port()}",  # unused: dev tokens owe no EXIT
             EXIT_OUTBOX_PATH=":memory:",
             HOSTNAME="soak-node",
+            HANDSHAKES_PER_IP="0",  # every soak client comes from 127.0.0.1
             PYTHONUNBUFFERED="1",
         )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

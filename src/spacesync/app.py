@@ -26,6 +26,7 @@ from .handlers.session import Session
 from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
 from .integrations.exit_journal import ExitJournal
+from .observability.abuse import AbuseCounters
 from .observability.logging import install_alert_handler, log
 from .observability.metrics import METRICS_VERSION, LoopLag, ProcessFigures
 from .rooms import RoomManager
@@ -112,8 +113,15 @@ class SpacesyncNode:
         self.exits = ExitOutbox(self.app_client, ExitJournal(settings.exit_outbox_path))
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
         self.broadcaster = Broadcaster(self.sio, buffer_limit=settings.client_buffer_limit)
+        self.abuse = AbuseCounters()
         self.server = SpaceServer(
-            self.sio, settings, self.store, self.broadcaster, self.app_client, self.exits
+            self.sio,
+            settings,
+            self.store,
+            self.broadcaster,
+            self.app_client,
+            self.exits,
+            self.abuse,
         )
         self.sio.eio.fast_message = self.server.fast_message
         self.sio.malformed = self.server.malformed  # type: ignore[method-assign]
@@ -266,6 +274,7 @@ class SpacesyncNode:
                 "badInput": self.server.bad_inputs,
                 "movesRelayed": self.broadcaster.moves_relayed,
             },
+            "abuse": self.abuse.snapshot(),
             "slowClients": {
                 "catchingUp": self.broadcaster.lagging_clients,
                 "positionsFolded": self.broadcaster.positions_folded,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 import socket
 from collections.abc import Mapping
@@ -35,6 +37,23 @@ class Settings:
     exit_outbox_path: str = ":memory:"
     client_buffer_limit: int = 4 * 1024 * 1024
     max_connections_per_ip: int = 0
+    handshakes_per_ip: int = 0
+    """New Engine.IO sessions one address may open per 10 seconds (0 = any)."""
+    connect_timeout: float = 10.0
+    """Seconds an Engine.IO session may wait before its Socket.IO CONNECT."""
+    join_timeout: float = 60.0
+    """Seconds a connected socket may stay without joining a space."""
+    exit_grace: float = 10.0
+    """Seconds an EXIT is held, so that a rejoin of the same session cancels it."""
+    verify_failure_ttl: float = 30.0
+    """Seconds a refused session token is remembered (refused again without asking the app)."""
+    verify_failures_per_ip: int = 20
+    """Failed verifications one address may cause per minute before it is refused outright."""
+    internal_api_token: str | None = None
+    header_timeout: float = 10.0
+    """Seconds a client may take to send a request's headers."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses of proxies whose ``X-Forwarded-For`` names the real client."""
 
     @property
     def environment(self) -> str:
@@ -131,6 +150,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     buffer_limit = _positive_int(env, "CLIENT_BUFFER_LIMIT", 4 * 1024 * 1024, minimum=16 * 1024)
     per_ip = _positive_int(env, "MAX_CONNECTIONS_PER_IP", 0, minimum=0)
+    handshakes = _positive_int(env, "HANDSHAKES_PER_IP", 60, minimum=0)
+    proxies = tuple(p.strip() for p in env.get("TRUSTED_PROXIES", "").split(",") if p.strip())
+    for proxy in proxies:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES must list IP addresses, got {proxy!r}") from exc
 
     return Settings(
         port=port,
@@ -146,6 +172,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         exit_outbox_path=outbox,
         client_buffer_limit=buffer_limit,
         max_connections_per_ip=per_ip,
+        handshakes_per_ip=handshakes,
+        connect_timeout=_seconds(env, "CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        join_timeout=_seconds(env, "JOIN_TIMEOUT", 60.0, minimum=0.1),
+        exit_grace=_seconds(env, "EXIT_GRACE_SECONDS", 10.0, minimum=0.0),
+        verify_failure_ttl=_seconds(env, "VERIFY_FAILURE_CACHE_SECONDS", 30.0, minimum=0.0),
+        verify_failures_per_ip=_positive_int(env, "VERIFY_FAILURES_PER_IP", 20, minimum=0),
+        internal_api_token=env.get("INTERNAL_API_TOKEN", "").strip() or None,
+        header_timeout=_seconds(env, "HEADER_READ_TIMEOUT", 10.0, minimum=0.1),
+        trusted_proxies=proxies,
     )
 
 
@@ -156,3 +191,16 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, minimum: int)
     if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:
         raise ConfigError(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
     return int(raw)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < minimum or value > 86_400:
+        raise ConfigError(f"{name} must be a number of seconds of at least {minimum}, got {raw!r}")
+    return value

@@ -38,7 +38,21 @@ CONTROLLED_VARIABLES = (
     "REDIS_URL",
     "LOG_LEVEL",
     "EXIT_OUTBOX_PATH",
+    "MAX_CONNECTIONS_PER_IP",
+    "HANDSHAKES_PER_IP",
+    "CONNECT_TIMEOUT",
+    "JOIN_TIMEOUT",
+    "EXIT_GRACE_SECONDS",
+    "VERIFY_FAILURE_CACHE_SECONDS",
+    "VERIFY_FAILURES_PER_IP",
+    "INTERNAL_API_TOKEN",
+    "HEADER_READ_TIMEOUT",
+    "TRUSTED_PROXIES",
 )
+
+# Every test client comes from 127.0.0.1, so per-address handshake limits are off unless a test
+# asks for them; EXITs are sent at once unless a test sets a grace period.
+TEST_DEFAULTS = {"HANDSHAKES_PER_IP": "0", "EXIT_GRACE_SECONDS": "0"}
 
 # Each server gets its own EXIT outbox file unless a test gives one (to restart "the same" node).
 _OUTBOX_DIR = tempfile.mkdtemp(prefix="spacesync-test-outbox-")
@@ -83,6 +97,7 @@ class ServerProcess:
             "HOST": host,
             "PORT": str(self.port),
             "HOSTNAME": "test-node",
+            **TEST_DEFAULTS,
             "EXIT_OUTBOX_PATH": os.path.join(
                 _OUTBOX_DIR, f"exits-{self.port}-{next(_SERIAL)}.sqlite3"
             ),

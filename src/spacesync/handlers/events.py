@@ -23,6 +23,7 @@ from ..domain.parties import Arrival, Departure, Member, PartyError, SpacePartie
 from ..domain.space import PlayerState
 from ..fanout import Broadcaster
 from ..integrations.app_api import AppClient, ExitOutbox, VerifyStatus, exit_event_for
+from ..observability.abuse import AbuseCounters
 from ..observability.logging import log
 from ..protocol import BadInput, ChatMessage
 from ..state.base import Departed, StateStore, StoreUnavailable
@@ -62,8 +63,10 @@ class SpaceServer:
         broadcaster: Broadcaster,
         app: AppClient,
         exits: ExitOutbox,
+        abuse: AbuseCounters,
     ) -> None:
         self.sio = sio
+        self.abuse = abuse
         self.settings = settings
         self.store = store
         self.out = broadcaster
