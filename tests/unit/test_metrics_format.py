@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections import namedtuple
 from datetime import datetime
 
@@ -84,9 +85,33 @@ def test_storage_reports_gib_to_two_decimals(monkeypatch: pytest.MonkeyPatch) ->
         "totalGB": 44.96,
         "usedGB": 4.61,
         "availableGB": 40.33,
-        "usedPercent": 10,
+        "usedPercent": 11,  # 4.61 / (4.61 + 40.33) = 10.3 %, rounded up as df does
         "mountPoint": "/",
     }
+
+
+def test_storage_used_percent_is_dfs_use_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Use% as df prints it: used ÷ (used + available), rounded up; reserved blocks are
+    neither used nor available (here 20 used, 60 available of 100: df says 25%, not 20%)."""
+    monkeypatch.setattr(
+        metrics.shutil, "disk_usage", lambda path: DiskUsage(100 * GIB, 20 * GIB, 60 * GIB)
+    )
+    figures = storage("/")
+    assert figures is not None and figures["usedPercent"] == 25
+    monkeypatch.setattr(metrics.shutil, "disk_usage", lambda path: DiskUsage(1000, 201, 799))
+    figures = storage("/")
+    assert figures is not None and figures["usedPercent"] == 21  # 20.1 % rounds up
+
+
+def test_storage_used_percent_matches_df_on_this_machine() -> None:
+    """The figure the app's dashboard shows is the one `df -B1 /` shows for the same disk."""
+    out = subprocess.run(
+        ["df", "-B1", "/"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    use_percent = int(out.splitlines()[1].split()[4].rstrip("%"))
+    figures = storage("/")
+    assert figures is not None
+    assert abs(figures["usedPercent"] - use_percent) <= 1  # the disk may change in between
 
 
 def test_storage_is_null_when_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:

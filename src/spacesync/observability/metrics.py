@@ -31,12 +31,18 @@ def format_uptime(seconds: float) -> str:
 
 
 def storage(path: str = "/") -> dict[str, Any] | None:
-    """The root file system's size in GiB (2 decimals), or ``None`` if it cannot be read."""
+    """The root file system's size in GiB (2 decimals), or ``None`` if it cannot be read.
+
+    ``usedPercent`` is what ``df`` prints as Use%: used ÷ (used + available), rounded up. The
+    blocks reserved for root count as neither, so used ÷ total would read several points low on
+    an ordinary ext4 disk and an alert on it would fire too late.
+    """
     try:
         usage = shutil.disk_usage(path)
     except OSError:
         return None
-    used_percent = round(usage.used / usage.total * 100) if usage.total else 0
+    usable = usage.used + usage.free
+    used_percent = -(-usage.used * 100 // usable) if usable else 0
     return {
         "totalGB": round(usage.total / _GIB, 2),
         "usedGB": round(usage.used / _GIB, 2),
