@@ -110,7 +110,11 @@ class SpacesyncNode:
         self.app_client = AppClient(
             settings.app_url, settings.app_api_secret, settings.verify_timeout
         )
-        self.exits = ExitOutbox(self.app_client, ExitJournal(settings.exit_outbox_path))
+        self.exits = ExitOutbox(
+            self.app_client, ExitJournal(settings.exit_outbox_path), grace=settings.exit_grace
+        )
+        if isinstance(self.store, RedisStore):
+            self.exits.arbiter = self.store  # a rejoin on any node continues the stay
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
         self.broadcaster = Broadcaster(self.sio, buffer_limit=settings.client_buffer_limit)
         self.abuse = AbuseCounters()
@@ -292,6 +296,7 @@ class SpacesyncNode:
                 "delivered": self.exits.delivered,
                 "failedAttempts": self.exits.failed_attempts,
                 "dropped": self.exits.dropped,
+                "held": self.exits.held,
             },
             "alerts": {
                 "enabled": self.alerter.enabled,

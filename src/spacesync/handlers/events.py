@@ -401,6 +401,14 @@ class SpaceServer:
             return
         session.identity = result.player.identity
         session.space_id = join.space_id
+        if result.replaced_sid is None:
+            # The same session back within the EXIT grace period: its stay goes on.
+            started = await self.exits.resume_stay(
+                join.space_id, identity.player_id, identity.session_token
+            )
+            if started is not None:
+                now = started
+                await self.store.continue_stay(join.space_id, identity.player_id, session.sid, now)
         session.joined_at = now
         session.batching = join.position_batching
         await self.out.enter_space(
@@ -552,9 +560,12 @@ class SpaceServer:
             self.out.publish_remote(space_id, "chat:system", notice, about=player_id)
         duration = time.time() - joined_at
         if log_exit:
-            event = exit_event_for(identity.session_token, space_id, reason, duration, player_id)
+            event = exit_event_for(
+                identity.session_token, space_id, reason, duration, player_id, joined_at
+            )
             if event is not None and not self.store.defer_exit(space_id, player_id, sid, event):
-                self.exits.submit(event)
+                # Held for the grace period: a rejoin of the same session cancels it.
+                await self.exits.hold(event)
         log.info(
             "I2002",
             "Player left space",
@@ -596,7 +607,7 @@ class SpaceServer:
                 await sock.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
 
     def submit_exit(self, event: Any) -> None:
-        self.exits.submit(event)
+        self.exits.hold_soon(event)
 
     async def announce_restored(self, space_id: str, player: PlayerState) -> None:
         """A player of this node the others did not know of (after a Redis outage)."""

@@ -8,6 +8,13 @@ microseconds (no fsync per row; the write-ahead log survives a crash of the proc
 
 One journal belongs to one process: a lock file next to it makes a second process that is given
 the same path stop at start-up instead of sending the same EXITs twice.
+
+A row may also be a held EXIT (``due_at`` > 0): a stay that ended less than the grace period
+ago, which a rejoin of the same session may still cancel. It is on disk from the moment the
+player leaves, so a crash during the grace period does not lose it; the next start holds it
+again until ``due_at`` (or sends it at once if that has passed). ``due_at`` 0 means the EXIT is
+owed now. Schema version 2 added that column; a file written by version 1 gets it on opening
+(``ALTER TABLE``, every old row owed now, as it was).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ if TYPE_CHECKING:
     from .app_api import ExitEvent
 
 IN_MEMORY = ":memory:"
+SCHEMA_VERSION = 2
 
 
 class JournalError(Exception):
@@ -55,11 +63,20 @@ class ExitJournal:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS exits ("
                 " key TEXT PRIMARY KEY, event TEXT NOT NULL, created_at REAL NOT NULL,"
-                " attempts INTEGER NOT NULL DEFAULT 0)"
+                " attempts INTEGER NOT NULL DEFAULT 0, due_at REAL NOT NULL DEFAULT 0)"
             )
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             self._release_lock()
             raise JournalError(f"cannot open the EXIT outbox {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Bring an outbox written by an earlier version up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(exits)")}
+        if "due_at" not in columns:  # version 1: every row was owed at once
+            self._db.execute("ALTER TABLE exits ADD COLUMN due_at REAL NOT NULL DEFAULT 0")
+        if int(self._db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def durable(self) -> bool:
@@ -68,9 +85,14 @@ class ExitJournal:
     def add(self, event: ExitEvent) -> None:
         body = orjson.dumps(dataclasses.asdict(event)).decode()
         self._db.execute(
-            "INSERT OR REPLACE INTO exits (key, event, created_at, attempts) VALUES (?, ?, ?, ?)",
-            (event.key, body, event.created_at, event.attempts),
+            "INSERT OR REPLACE INTO exits (key, event, created_at, attempts, due_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (event.key, body, event.created_at, event.attempts, event.due_at),
         )
+
+    def release(self, event: ExitEvent) -> None:
+        """A held EXIT is owed now: its stay is over for good."""
+        self._db.execute("UPDATE exits SET due_at = 0 WHERE key = ?", (event.key,))
 
     def attempted(self, event: ExitEvent) -> None:
         self._db.execute("UPDATE exits SET attempts = ? WHERE key = ?", (event.attempts, event.key))
@@ -79,23 +101,25 @@ class ExitJournal:
         self._db.execute("DELETE FROM exits WHERE key = ?", (event.key,))
 
     def pending(self) -> list[dict[str, Any]]:
-        """Every owed EXIT, oldest first, as the fields of an ``ExitEvent``."""
+        """Every owed or held EXIT, oldest first, as the fields of an ``ExitEvent``."""
         rows = self._db.execute(
-            "SELECT event, attempts FROM exits ORDER BY created_at, key"
+            "SELECT event, attempts, due_at FROM exits ORDER BY created_at, key"
         ).fetchall()
         events = []
-        for body, attempts in rows:
+        for body, attempts, due_at in rows:
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError:
                 continue
             if isinstance(data, dict):
                 data["attempts"] = attempts
+                data["due_at"] = due_at
                 events.append(data)
         return events
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM exits").fetchone()[0])
+        """EXITs owed now (held ones are not counted)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM exits WHERE due_at = 0").fetchone()[0])
 
     def close(self) -> None:
         try:

@@ -53,6 +53,12 @@ class StateStore(Protocol):
         """Whether the store holds the EXIT of this departure back (to be logged once shared
         state can say who logs it); if not, the caller logs it now."""
 
+    async def continue_stay(
+        self, space_id: str, player_id: str, sid: str, started_at: float
+    ) -> None:
+        """Record that the stay of the player joined on ``sid`` began at ``started_at`` (a
+        rejoin within the EXIT grace period), so that its EXIT counts the whole stay."""
+
     async def player(self, space_id: str, player_id: str) -> PlayerState | None: ...
 
     async def players(self, space_id: str) -> list[PlayerState]: ...

@@ -61,6 +61,14 @@ class MemoryStore:
         """Never: on a single node the EXIT is logged at once."""
         return False
 
+    async def continue_stay(
+        self, space_id: str, player_id: str, sid: str, started_at: float
+    ) -> None:
+        """The player's stay began earlier (a rejoin within the grace period)."""
+        player = self._spaces.get(space_id, {}).get(player_id)
+        if player is not None and player.sid == sid:
+            player.joined_at = started_at
+
     async def player(self, space_id: str, player_id: str) -> PlayerState | None:
         roster = self._spaces.get(space_id)
         return roster.get(player_id) if roster else None

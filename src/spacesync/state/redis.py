@@ -14,7 +14,10 @@ Layout (``spacesync:`` prefix):
 - ``chat:<playerId>`` — the player's rate-limit history, expiring;
 - ``nodes`` — sorted set node -> last heartbeat (Redis time, ms); ``node-index`` — set of nodes
   that own players; ``node:<node>:players`` — hash ``space\\x1fplayer`` -> socket id;
-  ``node:<node>`` — the node's figures, expiring.
+  ``node:<node>`` — the node's figures, expiring;
+- ``held:<exitKey>`` — hash of a held EXIT (node, stay start, its ``stay:`` key, ``claimedBy``
+  once a rejoin took it), expiring; ``stay:<space>:<player>:<tokenDigest>`` — the key of the
+  latest held EXIT of that stay, expiring (see :meth:`RedisStore.hold_exit`).
 
 Changes that must not race (joining, leaving, replacing a socket) are Lua scripts, so a player's
 entry is removed exactly once in the whole cluster: that is what makes each EXIT logged once.
@@ -37,6 +40,7 @@ from ..domain.chat import ChatDecision, ChatRateLimiter
 from ..domain.identity import Identity
 from ..domain.parties import SpaceParties
 from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
+from ..integrations.app_api import MAX_EXIT_AGE, ClaimedStay, ExitEvent, token_digest
 from .base import Departed, JoinResult, StoreUnavailable
 
 PREFIX = "spacesync:"
@@ -45,6 +49,9 @@ CHAT_HISTORY_MS = 60_000
 PARTY_LOCK_SECONDS = 5.0
 SEP = "\x1f"
 T = TypeVar("T")
+HELD_MEMORY_MS = int(MAX_EXIT_AGE * 1000)
+"""How long a held EXIT's keys live if its node never settles it (they are deleted when it
+does): far longer than any grace period, so a node back from a crash still finds its claims."""
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -114,6 +121,38 @@ local ok, dec = pcall(cjson.decode, cur)
 if not ok or type(dec) ~= 'table' or dec['sid'] ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
+"""
+
+
+_HOLD = """
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'startedAt', ARGV[2], 'stay', KEYS[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+return 1
+"""
+
+_CLAIM = """
+local k = redis.call('GET', KEYS[1])
+if not k then return false end
+redis.call('DEL', KEYS[1])
+local h = ARGV[1] .. 'held:' .. k
+if redis.call('EXISTS', h) == 0 or redis.call('HEXISTS', h, 'claimedBy') == 1 then
+  return false
+end
+redis.call('HSET', h, 'claimedBy', ARGV[2])
+return {k, redis.call('HGET', h, 'node'), redis.call('HGET', h, 'startedAt')}
+"""
+
+# The node holding an EXIT, at the end of its grace period: 'free' (send it), 'claimed' (a
+# rejoin took it: drop it) or 'absent' (expired, or Redis lost its data).
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'absent' end
+local claimed = redis.call('HGET', KEYS[1], 'claimedBy')
+local stay = redis.call('HGET', KEYS[1], 'stay')
+redis.call('DEL', KEYS[1])
+if claimed then return 'claimed' end
+if stay and redis.call('GET', stay) == ARGV[1] then redis.call('DEL', stay) end
+return 'free'
 """
 
 
@@ -228,6 +267,9 @@ class RedisStore:
         self._restore = client.register_script(_RESTORE)
         self._set_positions = client.register_script(_SET_POSITIONS)
         self._set_entry = client.register_script(_SET_ENTRY)
+        self._hold = client.register_script(_HOLD)
+        self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
 
     # -- health --------------------------------------------------------------------------------
 
@@ -374,6 +416,81 @@ class RedisStore:
                 del self._local[space_id]
                 if self.watcher is not None:
                     self._spawn(self.watcher.unwatch(space_id))
+
+    async def continue_stay(
+        self, space_id: str, player_id: str, sid: str, started_at: float
+    ) -> None:
+        """The player's stay began earlier (a rejoin within the grace period): record that, so
+        that whichever node ends the stay (this one, or one that reaps it) counts all of it."""
+        local = self._local.get(space_id)
+        player = local.get(player_id) if local else None
+        if player is None or player.sid != sid:
+            return
+        player.joined_at = started_at
+        with contextlib.suppress(StoreUnavailable):
+            await self._shared(
+                lambda: self._set_entry(
+                    keys=self._keys(space_id)[:1], args=[player_id, self._entry(player), sid]
+                )
+            )
+
+    # -- the EXIT grace period -----------------------------------------------------------------
+
+    async def hold_exit(self, event: ExitEvent) -> None:
+        """Publish an EXIT this node holds, so that a rejoin through any node can claim it.
+
+        Design: the node that removed the player from Redis owns the EXIT (that is what makes
+        it logged once); it keeps it in its durable outbox and writes ``held:<exitKey>`` (its
+        node and the stay's start) and ``stay:<space>:<player>:<tokenDigest>`` pointing at it.
+        A rejoin of the same session on any node claims it (:meth:`claim_stay`): one script
+        marks it ``claimedBy`` and returns the stay's start, which the rejoin goes on from.
+        When the grace period is over the owner settles it (:meth:`settle_exit`): one script
+        deletes it and says whether it was claimed. Both are atomic in Redis, so exactly one
+        of "rejoin continues the stay" and "EXIT sent" happens. The owner settles by the EXIT's
+        key, not by node name, so a node restarted after a crash settles what its outbox held.
+        Only a digest of the session token is stored.
+        """
+        held = key("held", event.key)
+        stay = key("stay", *event.stay)
+        await self._shared(
+            lambda: self._hold(
+                keys=[held, stay],
+                args=[self.node, repr(event.stay_start), HELD_MEMORY_MS, event.key],
+            )
+        )
+
+    async def claim_stay(self, space_id: str, player_id: str, digest: str) -> ClaimedStay | None:
+        """Take over the held EXIT of this stay, if nobody settled or claimed it yet."""
+        found = await self._shared(
+            lambda: self._claim(
+                keys=[key("stay", space_id, player_id, digest)], args=[PREFIX, self.node]
+            )
+        )
+        if not found:
+            return None
+        exit_key, node, started = (v.decode() if isinstance(v, bytes) else v for v in found)
+        try:
+            return ClaimedStay(str(exit_key), str(node or ""), float(started))
+        except (TypeError, ValueError):
+            return None
+
+    async def settle_exit(self, event: ExitEvent) -> bool:
+        """True if the EXIT is to be sent now, False if a rejoin claimed its stay.
+
+        If the keys are gone (they outlived a day, or Redis restarted empty) the player's
+        presence decides: a player back in the space with the same session has a stay that
+        goes on, whose own EXIT will be sent, so this one is dropped.
+        """
+        outcome = await self._shared(
+            lambda: self._settle(keys=[key("held", event.key)], args=[event.key])
+        )
+        if outcome in (b"free", "free"):
+            return True
+        if outcome in (b"claimed", "claimed"):
+            return False
+        player = await self.player(event.space_id, event.player_id or "")
+        token = player.identity.session_token if player is not None else None
+        return token is None or token_digest(token) != token_digest(event.session_token)
 
     # -- reading -------------------------------------------------------------------------------
 
