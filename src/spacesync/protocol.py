@@ -290,13 +290,23 @@ class ProximitySet:
 # Validators
 
 
+def parse_session_token(value: Any) -> str | None:
+    """A session token, by the same rule wherever it arrives (``join:space`` or the connect-time
+    ``auth``), so that no way in forwards to the app what another refuses: a string, trimmed, at
+    most :data:`MAX_TOKEN` characters; empty means none."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadInput("sessionToken must be a string")
+    token = value.strip()
+    if len(token) > MAX_TOKEN:
+        raise BadInput("sessionToken is too long")
+    return token or None
+
+
 def parse_join(payload: Any) -> JoinSpace:
     data = _object(payload, "join:space")
-    token = _string(data, "sessionToken", required=False)
-    if token is not None:
-        token = token.strip()
-        if len(token) > MAX_TOKEN:
-            raise BadInput("sessionToken is too long")
+    token = parse_session_token(data.get("sessionToken"))
     role = data.get("role")
     if role is not None and not isinstance(role, str):
         raise BadInput("role must be a string")
@@ -311,7 +321,7 @@ def parse_join(payload: Any) -> JoinSpace:
         nickname=_nickname(data, required=False),
         avatar_color=parse_avatar_color(data.get("avatarColor")),
         avatar_config=parse_avatar_config(data.get("avatarConfig")),
-        session_token=token or None,
+        session_token=token,
         role=role,
         position_batching=batching,
     )

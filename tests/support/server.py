@@ -50,9 +50,14 @@ CONTROLLED_VARIABLES = (
     "TRUSTED_PROXIES",
 )
 
-# Every test client comes from 127.0.0.1, so per-address handshake limits are off unless a test
-# asks for them; EXITs are sent at once unless a test sets a grace period.
-TEST_DEFAULTS = {"HANDSHAKES_PER_IP": "0", "EXIT_GRACE_SECONDS": "0"}
+# Every test client comes from 127.0.0.1, so per-address handshake and verification-failure
+# limits are off unless a test asks for them; EXITs are sent at once unless a test sets a grace
+# period.
+TEST_DEFAULTS = {
+    "HANDSHAKES_PER_IP": "0",
+    "VERIFY_FAILURES_PER_IP": "0",
+    "EXIT_GRACE_SECONDS": "0",
+}
 
 # Each server gets its own EXIT outbox file unless a test gives one (to restart "the same" node).
 _OUTBOX_DIR = tempfile.mkdtemp(prefix="spacesync-test-outbox-")

@@ -23,6 +23,7 @@ from ..domain.parties import Arrival, Departure, Member, PartyError, SpacePartie
 from ..domain.space import PlayerState
 from ..fanout import Broadcaster
 from ..integrations.app_api import AppClient, ExitOutbox, VerifyStatus, exit_event_for
+from ..integrations.verify_guard import VerifyGuard
 from ..observability.abuse import AbuseCounters
 from ..observability.logging import log
 from ..protocol import BadInput, ChatMessage
@@ -71,6 +72,12 @@ class SpaceServer:
         self.store = store
         self.out = broadcaster
         self.app = app
+        self.verifier = VerifyGuard(
+            app,
+            abuse,
+            failure_ttl=settings.verify_failure_ttl,
+            failures_per_minute=settings.verify_failures_per_ip,
+        )
         self.exits = exits
         self.sessions: dict[str, Session] = {}
         self.per_address: dict[str, int] = {}
@@ -244,14 +251,7 @@ class SpaceServer:
         environ.clear()
         session = Session(sid=sid, address=address)
         if isinstance(auth, dict) and isinstance(auth.get("sessionToken"), str):
-            token = auth["sessionToken"].strip()
-            space = auth.get("spaceId") if isinstance(auth.get("spaceId"), str) else None
-            if space is not None and not protocol.ID_RE.fullmatch(space):
-                space = None
-            if token:
-                identity = await self._verify_at_connect(sid, token, space)
-                if identity is not None:
-                    session.pre_verified = PreVerified(token, space, identity)
+            await self._verify_at_connect(session, auth)
         self.sessions[sid] = session
         self.per_address[address] = self.per_address.get(address, 0) + 1
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
@@ -259,15 +259,37 @@ class SpaceServer:
             self.sio.environ.pop(eio_sid, None)  # not needed after the connect
         log.info("E2001", "Client connected", socketId=sid, address=address)
 
-    async def _verify_at_connect(
-        self, sid: str, token: str, space_id: str | None
-    ) -> Identity | None:
+    async def _verify_at_connect(self, session: Session, auth: dict[str, Any]) -> None:
+        """Connect-time authentication (SPEC §2.2), bound to the space it was verified for.
+
+        The app is asked whether a session is valid *for a space*, so its answer counts only
+        there. The token is verified here only when ``auth.spaceId`` is a usable space id; a later
+        join of that space uses the identity without a second call. A join of another space, and
+        every join after a connect that named no usable space (missing, null, numeric,
+        malformed), verifies the token at the join for the join's space: an identity verified
+        for ``{spaceId: null}`` would otherwise open every space. The token is kept for a join
+        that sends none. The join's token rule applies (:func:`protocol.parse_session_token`):
+        a token the join would refuse is never sent to the app from here either.
+        """
+        ctx = {"socketId": session.sid, "address": session.address}
+        try:
+            token = protocol.parse_session_token(auth.get("sessionToken"))
+        except BadInput as exc:
+            self.abuse.count("sessionTokenTooLong")
+            log.warn("E1002", f"Session token refused at connect: {exc}", **ctx)
+            raise socketio.exceptions.ConnectionRefusedError("Invalid session") from None
+        if token is None:
+            return
+        session.connect_token = token
+        space_id = auth.get("spaceId")
+        if not isinstance(space_id, str) or not protocol.ID_RE.fullmatch(space_id):
+            return  # verified at the join, for the join's space
         if self.settings.development and token.startswith("dev-"):
-            return None  # development tokens are resolved from the join payload
-        result = await self.app.verify(token, space_id)
+            return  # development tokens are resolved from the join payload
+        result = await self.verifier.verify(token, space_id, session.address)
         if result.verification is not None:
             v = result.verification
-            return Identity(
+            identity = Identity(
                 player_id=v.participant_id,
                 nickname=v.nickname or "",
                 avatar_color=v.avatar_color,
@@ -277,10 +299,11 @@ class SpaceServer:
                 user_id=v.user_id or token_user_id(token),
                 verified=True,
             )
-        self._log_verification_failure(result.status, result.detail, socketId=sid, spaceId=space_id)
+            session.pre_verified = PreVerified(token, space_id, identity)
+            return
+        self._log_verification_failure(result.status, result.detail, spaceId=space_id, **ctx)
         if not self.settings.development:
             raise socketio.exceptions.ConnectionRefusedError("Invalid session")
-        return None
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         session = self.sessions.pop(sid, None)
@@ -314,19 +337,15 @@ class SpaceServer:
         dev = self.settings.development
         token = join.session_token
         pre = session.pre_verified
-        if (
-            pre is not None
-            and (token is None or token == pre.token)
-            and (pre.space_id is None or pre.space_id == join.space_id)
-        ):
+        if pre is not None and token in (None, pre.token) and pre.space_id == join.space_id:
             identity = pre.identity
             if not identity.nickname:
                 if join.nickname is None:
                     raise BadInput("nickname is required")
                 identity = identity.with_profile(join.nickname, None, None)
             return identity
-        if pre is not None and token is None:
-            token = pre.token
+        if token is None:
+            token = session.connect_token  # verified below, for this join's space
 
         def client_identity(player_id: str | None, role: str | None) -> Identity:
             if join.nickname is None:
@@ -351,10 +370,12 @@ class SpaceServer:
             return client_identity(None, join.role)
         if dev and token.startswith("dev-"):
             return client_identity(join.player_id, join.role)
-        result = await self.app.verify(token, join.space_id)
+        result = await self.verifier.verify(token, join.space_id, session.address)
         verification = result.verification
         if verification is None:
-            self._log_verification_failure(result.status, result.detail, **ctx)
+            self._log_verification_failure(
+                result.status, result.detail, address=session.address, **ctx
+            )
             if not dev:
                 raise AuthRefused("Invalid session", "INVALID_SESSION")
             return client_identity(join.player_id, join.role)

@@ -10,10 +10,11 @@ from ..domain.identity import Identity
 
 @dataclass(slots=True)
 class PreVerified:
-    """An identity verified at connect time (SPEC §2.2), reused by ``join:space``."""
+    """An identity verified at connect time (SPEC §2.2), reused by a ``join:space`` of the same
+    space only: the app vouched for the session in ``space_id``, not in any other."""
 
-    token: str | None
-    space_id: str | None
+    token: str
+    space_id: str
     identity: Identity
 
 
@@ -27,6 +28,9 @@ class Session:
     joined_at: float = 0.0
     batching: bool = False
     pre_verified: PreVerified | None = None
+    connect_token: str | None = None
+    """The connect-time ``auth.sessionToken``, verified or not: a join that sends no token of its
+    own is verified with this one."""
     closing_reason: str | None = None
     """Set when the server closes the socket on purpose (duplicate session, shutdown)."""
 
