@@ -189,11 +189,14 @@ def test_html_tags_are_removed(raw: str, shown: str) -> None:
         ("fish & chips", "fish &amp; chips"),
         ('she said "hi"', "she said &quot;hi&quot;"),
         ("it's", "it&#x27;s"),
-        ("&amp;", "&amp;amp;"),
+        ("&amp;", "&amp;"),
+        ("&lt;b&gt;", "&lt;b&gt;"),
+        ("a &#x2F; b", "a / b"),
     ],
 )
 def test_special_characters_are_escaped(raw: str, escaped: str) -> None:
-    """SPEC §6: `& < > " '` are escaped."""
+    """SPEC §6: the entities `&lt; &gt; &amp; &quot; &#x27; &#x2F;` are decoded, then
+    `& < > " '` are escaped, so a user who types `&amp;` sends `&amp;`, not `&amp;amp;`."""
     assert sanitize(raw) == escaped
 
 

@@ -10,15 +10,47 @@ from typing import Any
 
 _TAG_RE = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+_ENTITY_RE = re.compile(r"&(?:lt|gt|amp|quot|#x27|#x2[fF]);")
+_ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&#x27;": "'", "&#x2f;": "/"}
+# Control characters (newline and tab excepted) and the marks that reorder or hide text:
+# a right-to-left override in a message or a name makes what follows it read backwards, so a
+# relayed string could pass for something else.
+_UNSAFE_RE = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+_LINE_BREAKS = str.maketrans({"\r": None, "\u2028": "\n", "\u2029": "\n"})
 
 RATE_LIMIT_MESSAGES = 5
 RATE_LIMIT_WINDOW = 5.0
 MAX_IDENTICAL_IN_A_ROW = 2
 
 
+def plain_text(text: str) -> str:
+    """What a reader should see of ``text``: control and direction-override characters dropped,
+    HTML tags removed, the common entities decoded (SPEC §6).
+
+    Controls go first so that they cannot split a tag and hide it from the tag pattern.
+    Decoding comes after tag removal, so an encoded tag survives as visible text (escaped again
+    by :func:`escape_markup`), never as markup.
+    """
+    text = _UNSAFE_RE.sub("", text.translate(_LINE_BREAKS))
+    text = _TAG_RE.sub("", text)
+    return _ENTITY_RE.sub(lambda m: _ENTITIES[m.group(0).lower()], text)
+
+
+def escape_markup(text: str) -> str:
+    """Escape ``& < > " '`` so no client renders markup."""
+    return text.translate(_ESCAPES)
+
+
 def sanitize(text: str) -> str:
-    """Remove HTML tags, then escape ``& < > " '`` so no client renders markup."""
-    return _TAG_RE.sub("", text).translate(_ESCAPES)
+    """The one neutralising rule for every string relayed to other clients (SPEC §6).
+
+    Because entities are decoded before escaping, applying it to its own output changes
+    nothing: a nickname neutralised when it entered the server can go through it again on an
+    output path without turning ``&amp;`` into ``&amp;amp;``.
+    """
+    return escape_markup(plain_text(text))
 
 
 @dataclass(slots=True)
