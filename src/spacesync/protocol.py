@@ -12,7 +12,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .domain.identity import AVATAR_COLORS, ROLES, AvatarConfig
+from .domain.chat import escape_markup, plain_text
+from .domain.identity import (
+    AVATAR_COLORS,
+    AVATAR_FIELD_RE,
+    ROLES,
+    AvatarConfig,
+    NicknameError,
+    clean_nickname,
+)
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
 # Control characters, line/paragraph separators, and invisible or direction-overriding marks
@@ -125,10 +133,15 @@ def _text(
 
 
 def _nickname(data: dict[str, Any], *, required: bool) -> str | None:
-    value = _text(data, "nickname", MAX_NICKNAME, required=required)
-    if value is not None and CONTROL_RE.search(value):
-        raise BadInput("nickname cannot contain control characters")
-    return value
+    """A nickname in its neutralised form (see :func:`clean_nickname`): every event that
+    carries it to others can then relay it as it is."""
+    value = _string(data, "nickname", required=required)
+    if value is None:
+        return None
+    try:
+        return clean_nickname(value)
+    except NicknameError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def _coordinate(data: dict[str, Any], key: str) -> float:
@@ -173,19 +186,25 @@ def parse_avatar_config(value: Any) -> AvatarConfig | None:
         raise BadInput("avatarConfig must be an object")
     kind = value.get("type")
     if kind == "classic":
-        return {"type": "classic", "colorId": parse_avatar_color(value.get("colorId"))}
+        color = value.get("colorId")
+        if isinstance(color, str) and not AVATAR_FIELD_RE.fullmatch(color):
+            raise BadInput("avatarConfig.colorId must be 1-50 of letters, digits, _ and -")
+        return {"type": "classic", "colorId": parse_avatar_color(color)}
     if kind == "custom":
         character = value.get("characterId")
         if not isinstance(character, str) or not character.strip():
             raise BadInput("avatarConfig.characterId is required")
-        if len(character) > MAX_CHARACTER_ID or CONTROL_RE.search(character):
-            raise BadInput("avatarConfig.characterId is invalid")
+        if not AVATAR_FIELD_RE.fullmatch(character):
+            raise BadInput("avatarConfig.characterId must be 1-50 of letters, digits, _ and -")
         return {"type": "custom", "characterId": character}
     raise BadInput('avatarConfig.type must be "classic" or "custom"')
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyTo:
+    """A quoted message, as the client describes it (messages are not stored, so it cannot be
+    looked up): every field is checked and neutralised like the originals were."""
+
     id: str
     sender_nickname: str
     content: str
@@ -203,13 +222,23 @@ def _reply_to(data: dict[str, Any]) -> ReplyTo | None:
     ident = value.get("id")
     nickname = value.get("senderNickname")
     content = value.get("content")
-    if not isinstance(ident, str) or not 0 < len(ident) <= 100:
-        raise BadInput("replyTo.id must be a string")
-    if not isinstance(nickname, str) or len(nickname) > 100:
+    if not isinstance(ident, str) or not ID_RE.fullmatch(ident):
+        raise BadInput("replyTo.id must be 1-100 characters of letters, digits and _ . : @ -")
+    if not isinstance(nickname, str):
         raise BadInput("replyTo.senderNickname must be a string")
+    try:
+        nickname = clean_nickname(nickname)
+    except NicknameError as exc:
+        raise BadInput(f"replyTo.senderNickname: {exc}") from None
     if not isinstance(content, str):
         raise BadInput("replyTo.content must be a string")
-    return ReplyTo(ident, nickname.strip()[:MAX_NICKNAME], content.strip()[:MAX_REPLY_CONTENT])
+    if len(content) > MAX_CONTENT:
+        raise BadInput(f"replyTo.content is too long (max {MAX_CONTENT} characters)")
+    # A quote is one line: line breaks and tabs become spaces, then the original's rule applies.
+    quoted = " ".join(plain_text(content).split())[:MAX_REPLY_CONTENT].rstrip()
+    if not quoted:
+        raise BadInput("replyTo.content must contain text")
+    return ReplyTo(ident, nickname, escape_markup(quoted))
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,9 +402,10 @@ def parse_chat(
         raise BadInput("type must be message, whisper or party")
     target_nickname = _string(data, "targetNickname", required=False)
     if target_nickname is not None:
-        target_nickname = target_nickname.strip()
-        if not target_nickname or len(target_nickname) > MAX_NICKNAME:
-            raise BadInput("targetNickname is invalid")
+        try:
+            target_nickname = clean_nickname(target_nickname)
+        except NicknameError:
+            raise BadInput("targetNickname is invalid") from None
     return ChatMessage(
         content=_text(data, "content", MAX_CONTENT, label="Message") or "",
         type=kind,

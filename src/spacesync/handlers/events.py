@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -18,7 +19,14 @@ import socketio
 from .. import protocol
 from ..config import Settings
 from ..domain.chat import sanitize
-from ..domain.identity import Identity, anonymous_player_id, token_user_id
+from ..domain.identity import (
+    Identity,
+    anonymous_player_id,
+    distinct_nickname,
+    nickname_key,
+    same_name_with_suffix,
+    token_user_id,
+)
 from ..domain.parties import Arrival, Departure, Member, PartyError, SpaceParties
 from ..domain.space import PlayerState
 from ..fanout import Broadcaster
@@ -27,7 +35,7 @@ from ..integrations.verify_guard import VerifyGuard
 from ..observability.abuse import AbuseCounters
 from ..observability.logging import log
 from ..protocol import BadInput, ChatMessage
-from ..state.base import Departed, StateStore, StoreUnavailable
+from ..state.base import Departed, JoinResult, StateStore, StoreUnavailable
 from .session import PreVerified, Session
 
 Handler = Callable[[Session, Any], Awaitable[None]]
@@ -420,7 +428,8 @@ class SpaceServer:
             log.error("E2004", "Joining the space failed", exc=exc, **session.context())
             await self._safe_error(session, "Could not join the space", "JOIN_FAILED")
             return
-        session.identity = result.player.identity
+        identity = await self._distinct_nickname(join.space_id, result)
+        session.identity = identity
         session.space_id = join.space_id
         if result.replaced_sid is None:
             # The same session back within the EXIT grace period: its stay goes on.
@@ -474,6 +483,23 @@ class SpaceServer:
             replaced=result.replaced_sid is not None,
             **session.context(),
         )
+
+    async def _distinct_nickname(self, space_id: str, result: JoinResult) -> Identity:
+        """Give the joiner a name no other player of the space has: "Ann" becomes "Ann (2)".
+
+        A join is not refused for a taken name, since the name may be the app's and the player
+        could not pick another. The roster the join returned is enough (no second read of the
+        space); the player's own earlier socket does not count, so a player rejoining keeps
+        their name. Two players joining under one name at the same instant on two nodes can
+        still both get it: each join sees only the entries written before it.
+        """
+        player = result.player
+        taken = {nickname_key(p.identity.nickname) for p in result.roster if p.id != player.id}
+        nickname = distinct_nickname(player.identity.nickname, taken)
+        if nickname != player.identity.nickname:
+            player.identity = replace(player.identity, nickname=nickname)
+            await self.store.update_identity(space_id, player.identity)
+        return player.identity
 
     async def _send_room_state(self, session: Session, space_id: str) -> None:
         assert session.identity is not None
@@ -653,8 +679,19 @@ class SpaceServer:
     async def update_profile(self, session: Session, payload: Any) -> None:
         update = protocol.parse_profile(payload)
         assert session.space_id is not None and session.identity is not None
+        nickname = await self._own_nickname(session, update.nickname)
+        if nickname is None:
+            await self.out.to_sid(
+                session.sid,
+                "error",
+                {
+                    "message": "Another player here already uses that nickname",
+                    "code": "NICKNAME_TAKEN",
+                },
+            )
+            return
         identity = session.identity.with_profile(
-            update.nickname, update.avatar_color, update.avatar_config
+            nickname, update.avatar_color, update.avatar_config
         )
         session.identity = identity
         await self.store.update_identity(session.space_id, identity)
@@ -671,6 +708,21 @@ class SpaceServer:
             session.space_id, "player:profileUpdated", data, skip_sid=session.sid
         )
 
+    async def _own_nickname(self, session: Session, requested: str) -> str | None:
+        """The nickname a profile update gives the player, or ``None`` when another player of
+        the space has it. Unlike a join, the player is choosing a name here, so a taken one is
+        refused rather than suffixed; but a player whose join made them "Ann (2)" and who sends
+        "Ann" again (with a new avatar, say) keeps "Ann (2)". Nicknames are looked up only
+        when this player's own changes, since in a cluster that reads the space's roster."""
+        assert session.space_id is not None and session.identity is not None
+        me = session.identity
+        if nickname_key(requested) == nickname_key(me.nickname):
+            return requested
+        holders = await self.store.players_named(session.space_id, requested)
+        if all(p.id == me.player_id for p in holders):
+            return requested
+        return me.nickname if same_name_with_suffix(me.nickname, requested) else None
+
     # -- chat ----------------------------------------------------------------------------------
 
     def _chat_data(self, session: Session, message: ChatMessage, **extra: Any) -> dict[str, Any]:
@@ -686,12 +738,7 @@ class SpaceServer:
             "type": message.type,
         }
         if message.reply_to is not None:
-            reply = message.reply_to
-            data["replyTo"] = {
-                "id": reply.id,
-                "senderNickname": reply.sender_nickname,
-                "content": sanitize(reply.content),
-            }
+            data["replyTo"] = message.reply_to.to_wire()  # checked and neutralised by protocol
         data.update({k: v for k, v in extra.items() if v is not None})
         return data
 

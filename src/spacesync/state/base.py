@@ -64,7 +64,8 @@ class StateStore(Protocol):
     async def players(self, space_id: str) -> list[PlayerState]: ...
 
     async def players_named(self, space_id: str, nickname: str) -> list[PlayerState]:
-        """Players whose nickname matches, ignoring case."""
+        """Players whose nickname is the same name (:func:`~spacesync.domain.identity.nickname_key`:
+        ignoring case, and the same for a raw name and its neutralised form)."""
 
     def move(
         self, space_id: str, player_id: str, x: float, y: float, direction: str, is_moving: bool

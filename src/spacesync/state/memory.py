@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..domain.chat import ChatDecision, ChatRateLimiter
-from ..domain.identity import Identity
+from ..domain.identity import Identity, nickname_key
 from ..domain.parties import SpaceParties
 from ..domain.space import PlayerState
 from .base import JoinResult
@@ -77,11 +77,11 @@ class MemoryStore:
         return list(self._spaces.get(space_id, {}).values())
 
     async def players_named(self, space_id: str, nickname: str) -> list[PlayerState]:
-        wanted = nickname.strip().casefold()
+        wanted = nickname_key(nickname)
         return [
             p
             for p in self._spaces.get(space_id, {}).values()
-            if p.identity.nickname.casefold() == wanted
+            if nickname_key(p.identity.nickname) == wanted
         ]
 
     def move(

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..domain.chat import ChatDecision, ChatRateLimiter
-from ..domain.identity import Identity
+from ..domain.identity import Identity, nickname_key
 from ..domain.parties import SpaceParties
 from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
 from ..integrations.app_api import MAX_EXIT_AGE, ClaimedStay, ExitEvent, token_digest
@@ -540,8 +540,9 @@ class RedisStore:
         ]
 
     async def players_named(self, space_id: str, nickname: str) -> list[PlayerState]:
-        wanted = nickname.strip().casefold()
-        return [p for p in await self.players(space_id) if p.identity.nickname.casefold() == wanted]
+        wanted = nickname_key(nickname)
+        roster = await self.players(space_id)
+        return [p for p in roster if nickname_key(p.identity.nickname) == wanted]
 
     # -- positions (the hot path) --------------------------------------------------------------
 
