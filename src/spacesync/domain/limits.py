@@ -1,0 +1,342 @@
+"""Rate limits on everything a client makes the server send to other players.
+
+Chat has its own rules (:mod:`spacesync.domain.chat`); this module covers the rest: jumps,
+profile updates, party requests, proximity switches, joins and leaves, and the flow of
+``player:move``. A client that sends more than a person at a keyboard ever could is refused, so
+one socket cannot make the server shout at everyone else in the space.
+
+All limits are fixed windows aligned on the clock (``int(now / window)``), because a fixed
+window costs two integers per rule and makes "one error per window" and "over the limit in N
+windows in a row" exact. A fixed window lets through at most twice the limit around a window
+boundary, which is harmless with limits chosen far above what real clients send.
+
+State is per socket (:class:`SocketLimits`, dropped with the socket) or per key such as a player
+id or an inviter/target pair (:class:`KeyedLimits`, entries forgotten once their window is over).
+Nothing here does I/O; times are ``time.monotonic()`` seconds passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from .parties import PARTY_SIZE_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """At most ``limit`` accepted events per ``window`` seconds.
+
+    ``name`` is the fixed reason counted in ``/metrics`` ``abuse`` and written to logs; it never
+    comes from client input. ``label`` names the events in the message the client receives.
+    """
+
+    name: str
+    limit: int
+    window: float
+    label: str
+
+    def index(self, now: float) -> int:
+        return int(now / self.window)
+
+    def retry_after(self, now: float) -> int:
+        """Whole seconds until the current window ends (at least 1)."""
+        end = (self.index(now) + 1) * self.window
+        return max(1, math.ceil(end - now))
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimit:
+    """The limits of one client event: per socket, and optionally per player across sockets."""
+
+    socket: Rule
+    player: Rule | None = None
+
+
+# -- the table ------------------------------------------------------------------------------
+#
+# Limits sit well above what the official client sends: it moves at most 60 times a second,
+# jumps a few times a second at most, and sends the other events on a click.
+
+MOVE = Rule("rateLimited.move", 120, 1.0, "moves")
+"""``player:move`` per socket: 120 a second, twice what the official client sends. Handled on
+the fast path, not through :data:`EVENT_LIMITS`: excess moves are dropped and the newest one is
+kept and applied when the window ends, so the newest state is still delivered."""
+
+_JUMP = Rule("rateLimited.jump", 20, 2.0, "jumps")
+_PROFILE = Rule("rateLimited.profile", 6, 10.0, "profile updates")
+_PROFILE_PLAYER = Rule("rateLimited.profilePlayer", 6, 10.0, "profile updates")
+_PARTY_CREATE = Rule("rateLimited.partyCreate", 5, 10.0, "new parties")
+_PARTY_INVITE = Rule("rateLimited.partyInvite", PARTY_SIZE_LIMIT, 10.0, "invitations")
+"""A leader may invite a whole party at once; no target gets more than :data:`INVITE_PAIR`
+and :data:`INVITE_TARGET` allow, so a wide burst annoys nobody twice."""
+_PARTY_ANSWER = Rule("rateLimited.partyAnswer", 10, 10.0, "invitation answers")
+_PARTY_LEAVE = Rule("rateLimited.partyLeave", 20, 10.0, "party changes")
+_PARTY_ZONE = Rule("rateLimited.partyZone", 20, 10.0, "party zone changes")
+_PROXIMITY = Rule("rateLimited.proximity", 5, 10.0, "proximity changes")
+_JOIN = Rule("rateLimited.join", 5, 10.0, "joins")
+_LEAVE = Rule("rateLimited.leave", 5, 10.0, "leaves")
+_LEAVE_PLAYER = Rule("rateLimited.leavePlayer", 20, 60.0, "leaves")
+
+JOIN_PLAYER = Rule("rateLimited.joinPlayer", 20, 60.0, "joins")
+"""``join:space`` per player id, across sockets: checked once the identity is known."""
+
+INVITE_PAIR = Rule("rateLimited.invitePair", 3, 30.0, "invitations to this player")
+"""``party:invite`` per inviter and target player: one player cannot flood another, whatever
+number of sockets or parties they use."""
+
+INVITE_TARGET = Rule("rateLimited.inviteTarget", 10, 30.0, "invitations to this player")
+"""``party:invite`` per target player, from anyone."""
+
+EVENT_LIMITS: dict[str, EventLimit] = {
+    "player:jump": EventLimit(_JUMP),
+    "player:updateProfile": EventLimit(_PROFILE, _PROFILE_PLAYER),
+    "party:create": EventLimit(_PARTY_CREATE),
+    "party:invite": EventLimit(_PARTY_INVITE),
+    "party:accept": EventLimit(_PARTY_ANSWER),
+    "party:decline": EventLimit(_PARTY_ANSWER),
+    "party:leave": EventLimit(_PARTY_LEAVE),
+    "leaveParty": EventLimit(_PARTY_LEAVE),
+    "party:join": EventLimit(_PARTY_ZONE),
+    "joinParty": EventLimit(_PARTY_ZONE),
+    "proximity:set": EventLimit(_PROXIMITY),
+    "join:space": EventLimit(_JOIN),
+    "leave:space": EventLimit(_LEAVE, _LEAVE_PLAYER),
+}
+"""Per-event limits checked before the handler runs. Events sharing a :class:`Rule` share its
+allowance (``party:accept`` and ``party:decline`` together, for instance). Adding an event is
+one line here."""
+
+MAX_STRIKES = 10
+"""Over the same limit in this many windows in a row: the client is not slowed down by the
+refusals, so it is disconnected."""
+
+MAX_REFUSED = 5000
+"""Refused events per socket, over all rules, before it is disconnected."""
+
+NOTICE_INTERVAL = 15.0
+"""Seconds during which a player's churn in one space gets no further "joined"/"left" lines."""
+
+
+class Verdict(IntEnum):
+    """What to do about one refused event."""
+
+    QUIET = 0
+    """Already answered in this window: drop it silently (and count it)."""
+    NOTIFY = 1
+    """The first refusal of this window: answer the client once and log once."""
+    DISCONNECT = 2
+    """Sustained excess: disconnect the client."""
+
+
+class _Window:
+    __slots__ = ("count", "index", "last_over", "refused", "strikes")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.count = 0
+        self.refused = 0
+        self.strikes = 0
+        self.last_over = -2
+
+    def roll(self, index: int) -> None:
+        if index != self.index:
+            self.index = index
+            self.count = 0
+            self.refused = 0
+
+
+class SocketLimits:
+    """The limit state of one socket; it lives and dies with the socket's session.
+
+    Moves have dedicated fields because they are checked on every ``player:move``: the check is
+    two integer comparisons and allocates nothing. The other rules get a window each, created
+    the first time the socket uses them.
+    """
+
+    __slots__ = (
+        "_windows",
+        "held_move",
+        "held_scheduled",
+        "held_since_join",
+        "move_count",
+        "move_index",
+        "refused_total",
+    )
+
+    def __init__(self) -> None:
+        self._windows: dict[str, _Window] | None = None
+        self.move_index = -1
+        self.move_count = 0
+        self.refused_total = 0
+        self.held_move: Any = None
+        """The newest refused move, applied when the move window allows (never older than an
+        accepted one: accepting a move drops it)."""
+        self.held_since_join = 0.0
+        """The join time of the session when the move was held: a move held before a leave is
+        not applied after a new join."""
+        self.held_scheduled = False
+
+    # -- moves ---------------------------------------------------------------------------------
+
+    def hit_move(self, now: float) -> bool:
+        """Count one ``player:move``; False once the socket is over :data:`MOVE`."""
+        index = int(now / MOVE.window)
+        if index != self.move_index:
+            self.move_index = index
+            self.move_count = 1
+        elif self.move_count < MOVE.limit:
+            self.move_count += 1
+        else:
+            return False
+        self.held_move = None  # a newer move went through
+        return True
+
+    # -- other events --------------------------------------------------------------------------
+
+    def _window(self, rule: Rule, now: float) -> _Window:
+        windows = self._windows
+        if windows is None:
+            windows = self._windows = {}
+        index = rule.index(now)
+        window = windows.get(rule.name)
+        if window is None:
+            window = windows[rule.name] = _Window(index)
+        else:
+            window.roll(index)
+        return window
+
+    def admit(self, rule: Rule, now: float) -> bool:
+        """Whether one more event fits in the current window (nothing is counted: see
+        :meth:`record`, so that refused input such as a malformed payload costs nothing)."""
+        if self._windows is None:
+            return True
+        window = self._windows.get(rule.name)
+        if window is None or window.index != rule.index(now):
+            return True
+        return window.count < rule.limit
+
+    def record(self, rule: Rule, now: float) -> None:
+        """Count one accepted event."""
+        self._window(rule, now).count += 1
+
+    def refuse(self, rule: Rule, now: float) -> Verdict:
+        """Count one refused event and decide how loudly to refuse it."""
+        window = self._window(rule, now)
+        window.refused += 1
+        self.refused_total += 1
+        if self.refused_total >= MAX_REFUSED:
+            return Verdict.DISCONNECT if self.refused_total == MAX_REFUSED else Verdict.QUIET
+        if window.refused > 1:
+            return Verdict.QUIET
+        window.strikes = window.strikes + 1 if window.last_over == window.index - 1 else 1
+        window.last_over = window.index
+        return Verdict.DISCONNECT if window.strikes >= MAX_STRIKES else Verdict.NOTIFY
+
+    def refused_in_window(self, rule: Rule, now: float) -> int:
+        """Events of ``rule`` refused in the current window so far."""
+        return self._window(rule, now).refused
+
+
+class KeyedLimits:
+    """Fixed-window counters keyed by (rule, key), shared by every socket of a node.
+
+    Used for limits that follow a player rather than a socket (joins, leaves, renames, the
+    invitations one player receives). An entry is forgotten once its window is over, so memory
+    follows recent activity, which the per-socket limits already bound.
+    """
+
+    __slots__ = ("_counts", "_hits", "sweep_every")
+
+    def __init__(self, sweep_every: int = 1024) -> None:
+        self._counts: dict[tuple[str, str], tuple[int, int, float]] = {}
+        """(rule name, key) -> (window index, count, end of the window)."""
+        self._hits = 0
+        self.sweep_every = sweep_every
+
+    def hit(self, rule: Rule, key: str, now: float) -> bool:
+        """Count one event for ``key`` if it fits in the window; False (not counted) if not."""
+        self._hits += 1
+        if self._hits >= self.sweep_every:
+            self._hits = 0
+            self.sweep(now)
+        index = rule.index(now)
+        slot = (rule.name, key)
+        entry = self._counts.get(slot)
+        count = entry[1] if entry is not None and entry[0] == index else 0
+        if count >= rule.limit:
+            return False
+        self._counts[slot] = (index, count + 1, (index + 1) * rule.window)
+        return True
+
+    def admit(self, rule: Rule, key: str, now: float) -> bool:
+        """Whether one more event for ``key`` fits, without counting it."""
+        entry = self._counts.get((rule.name, key))
+        return entry is None or entry[0] != rule.index(now) or entry[1] < rule.limit
+
+    def sweep(self, now: float) -> None:
+        """Forget the entries whose window is over."""
+        stale = [slot for slot, (_, _, end) in self._counts.items() if end <= now]
+        for slot in stale:
+            del self._counts[slot]
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+class NoticeThrottle:
+    """Decides whether a player's arrival or departure is announced in the space's chat.
+
+    ``player:joined`` and ``player:left`` always go out (the roster must be right); only the
+    ``chat:system`` lines, whose text carries a client-chosen nickname, are throttled. Per
+    player and space: a "left" line at most once per :data:`NOTICE_INTERVAL`, and a "joined"
+    line only if neither line was sent for that player within the interval. A player who leaves
+    and comes back within the interval is therefore not announced again, and a join/leave loop
+    produces at most one "joined" and one "left" line per interval. The view is per node.
+    """
+
+    __slots__ = ("_calls", "_last", "interval")
+
+    def __init__(self, interval: float = NOTICE_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[tuple[str, str], tuple[float, float]] = {}
+        self._calls = 0
+
+    def joined(self, space_id: str, player_id: str, now: float) -> bool:
+        self._tick(now)
+        key = (space_id, player_id)
+        last_joined, last_left = self._last.get(key, (-math.inf, -math.inf))
+        if now - last_joined < self.interval or now - last_left < self.interval:
+            return False
+        self._last[key] = (now, last_left)
+        return True
+
+    def left(self, space_id: str, player_id: str, now: float) -> bool:
+        self._tick(now)
+        key = (space_id, player_id)
+        last_joined, last_left = self._last.get(key, (-math.inf, -math.inf))
+        if now - last_left < self.interval:
+            return False
+        self._last[key] = (last_joined, now)
+        return True
+
+    def _tick(self, now: float) -> None:
+        self._calls += 1
+        if self._calls >= 1024:
+            self._calls = 0
+            self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Forget players whose last line is older than the interval (they are unthrottled)."""
+        stale = [
+            key
+            for key, (joined, left) in self._last.items()
+            if now - max(joined, left) >= self.interval
+        ]
+        for key in stale:
+            del self._last[key]
+
+    def __len__(self) -> int:
+        return len(self._last)

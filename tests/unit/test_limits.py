@@ -1,0 +1,169 @@
+"""Rate limits on events that reach other players: fixed windows, one answer per window,
+disconnect on sustained excess, bounded memory, and the churn notice throttle."""
+
+from __future__ import annotations
+
+import pytest
+
+from spacesync.domain import limits
+from spacesync.domain.limits import (
+    EVENT_LIMITS,
+    MAX_REFUSED,
+    MAX_STRIKES,
+    MOVE,
+    KeyedLimits,
+    NoticeThrottle,
+    Rule,
+    SocketLimits,
+    Verdict,
+)
+
+RULE = Rule("test.rule", 3, 10.0, "tests")
+
+
+def fill(state: SocketLimits, rule: Rule, now: float) -> None:
+    for _ in range(rule.limit):
+        assert state.admit(rule, now)
+        state.record(rule, now)
+
+
+def test_admit_does_not_count_and_record_does() -> None:
+    state = SocketLimits()
+    for _ in range(10):
+        assert state.admit(RULE, 100.0)
+    fill(state, RULE, 100.0)
+    assert not state.admit(RULE, 100.0)
+
+
+def test_window_resets_on_the_next_aligned_window() -> None:
+    state = SocketLimits()
+    fill(state, RULE, 101.0)
+    assert not state.admit(RULE, 109.9)
+    assert state.admit(RULE, 110.0)
+
+
+def test_one_notify_per_window_then_quiet() -> None:
+    state = SocketLimits()
+    fill(state, RULE, 100.0)
+    verdicts = [state.refuse(RULE, 100.0 + i / 10) for i in range(20)]
+    assert verdicts[0] is Verdict.NOTIFY
+    assert set(verdicts[1:]) == {Verdict.QUIET}
+    assert state.refused_in_window(RULE, 101.0) == 20
+    assert state.refuse(RULE, 110.0) is Verdict.NOTIFY  # a new window answers again
+
+
+def test_sustained_excess_disconnects_after_max_strikes() -> None:
+    state = SocketLimits()
+    verdicts = [state.refuse(RULE, 10.0 * w) for w in range(MAX_STRIKES)]
+    assert verdicts[:-1] == [Verdict.NOTIFY] * (MAX_STRIKES - 1)
+    assert verdicts[-1] is Verdict.DISCONNECT
+
+
+def test_strikes_need_consecutive_windows() -> None:
+    state = SocketLimits()
+    for w in range(3 * MAX_STRIKES):
+        # every other window only: never disconnected by strikes
+        assert state.refuse(RULE, 20.0 * w) is Verdict.NOTIFY
+
+
+def test_too_many_refusals_disconnect_once() -> None:
+    state = SocketLimits()
+    verdicts = [state.refuse(RULE, 5.0) for _ in range(MAX_REFUSED + 10)]
+    assert verdicts.count(Verdict.DISCONNECT) == 1
+    assert verdicts[MAX_REFUSED - 1] is Verdict.DISCONNECT
+
+
+def test_rules_have_separate_allowances_unless_shared() -> None:
+    state = SocketLimits()
+    jump = EVENT_LIMITS["player:jump"].socket
+    fill(state, jump, 0.5)
+    assert not state.admit(jump, 0.5)
+    assert state.admit(EVENT_LIMITS["party:create"].socket, 0.5)
+    assert EVENT_LIMITS["party:accept"].socket is EVENT_LIMITS["party:decline"].socket
+    assert EVENT_LIMITS["party:join"].socket is EVENT_LIMITS["joinParty"].socket
+
+
+def test_move_cap_and_reset() -> None:
+    state = SocketLimits()
+    assert all(state.hit_move(7.1) for _ in range(MOVE.limit))
+    assert not state.hit_move(7.5)
+    state.held_move = "newest"
+    assert state.hit_move(8.0)  # next window
+    assert state.held_move is None, "an accepted move supersedes the held one"
+
+
+def test_retry_after_is_the_rest_of_the_window() -> None:
+    assert RULE.retry_after(100.0) == 10
+    assert RULE.retry_after(109.2) == 1
+    assert RULE.retry_after(105.5) == 5
+
+
+def test_table_names_are_fixed_and_limits_sane() -> None:
+    rules = [r for lim in EVENT_LIMITS.values() for r in (lim.socket, lim.player) if r]
+    rules += [MOVE, limits.JOIN_PLAYER, limits.INVITE_PAIR, limits.INVITE_TARGET]
+    for rule in rules:
+        assert rule.name.startswith("rateLimited."), rule
+        assert rule.limit >= 3 and rule.window > 0
+    # a burst of ten jumps (the official client's worst case) is never refused
+    assert EVENT_LIMITS["player:jump"].socket.limit >= 10
+    for event in ("player:move", "chat:message", "whisper:send", "party:message"):
+        assert event not in EVENT_LIMITS  # moves are capped on the fast path; chat has its own
+
+
+def test_keyed_limits_count_per_key_and_forget_old_windows() -> None:
+    keyed = KeyedLimits(sweep_every=10**9)
+    for _ in range(RULE.limit):
+        assert keyed.hit(RULE, "victim", 1.0)
+    assert not keyed.hit(RULE, "victim", 2.0)
+    assert not keyed.admit(RULE, "victim", 2.0)
+    assert keyed.hit(RULE, "other", 2.0)
+    assert keyed.hit(RULE, "victim", 10.0)
+    keyed.sweep(25.0)
+    assert len(keyed) == 0
+
+
+def test_keyed_limits_sweep_by_themselves() -> None:
+    keyed = KeyedLimits(sweep_every=100)
+    for i in range(10_000):
+        keyed.hit(RULE, f"k{i}", float(i))  # one key per second, windows of 10 s
+    assert len(keyed) <= 200
+
+
+@pytest.mark.parametrize("gap", [0.1, 5.0])
+def test_churn_gets_one_joined_and_one_left_line_per_interval(gap: float) -> None:
+    notices = NoticeThrottle(interval=15.0)
+    lines = []
+    now = 0.0
+    for _ in range(30):
+        lines.append(("joined", notices.joined("s", "p", now)))
+        lines.append(("left", notices.left("s", "p", now + gap / 2)))
+        now += gap
+        if now > 14.0:
+            break
+    shown = [kind for kind, ok in lines if ok]
+    assert shown == ["joined", "left"]
+
+
+def test_quick_rejoin_is_not_announced_but_a_later_one_is() -> None:
+    notices = NoticeThrottle(interval=15.0)
+    assert notices.joined("s", "p", 0.0)
+    assert notices.left("s", "p", 100.0)
+    assert not notices.joined("s", "p", 103.0)  # back within the interval: no new line
+    assert notices.joined("s", "p", 200.0)
+    assert notices.joined("other-space", "p", 200.0)
+    assert notices.joined("s", "q", 200.0)
+
+
+def test_ordinary_visit_is_announced_both_ways() -> None:
+    notices = NoticeThrottle(interval=15.0)
+    assert notices.joined("s", "p", 0.0)
+    assert notices.left("s", "p", 3.0)  # a short stay still says "left"
+
+
+def test_notice_throttle_forgets_old_entries() -> None:
+    notices = NoticeThrottle(interval=15.0)
+    for i in range(3000):
+        notices.joined("s", f"p{i}", float(i))
+    assert len(notices) < 1100
+    notices.sweep(10_000.0)
+    assert len(notices) == 0
