@@ -7,6 +7,7 @@ the one bound to the socket, never one a client sends; every reply goes through 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,18 @@ from ..domain.identity import (
     nickname_key,
     same_name_with_suffix,
     token_user_id,
+)
+from ..domain.limits import (
+    EVENT_LIMITS,
+    INVITE_PAIR,
+    INVITE_TARGET,
+    JOIN_PLAYER,
+    MOVE,
+    EventLimit,
+    KeyedLimits,
+    NoticeThrottle,
+    Rule,
+    Verdict,
 )
 from ..domain.parties import Arrival, Departure, Member, PartyError, SpaceParties
 from ..domain.space import PlayerState
@@ -92,6 +105,8 @@ class SpaceServer:
         self.shutting_down = False
         self.events_handled = 0
         self.bad_inputs = 0
+        self.keyed_limits = KeyedLimits()
+        self.notices = NoticeThrottle()
         self._register()
 
     # -- wiring --------------------------------------------------------------------------------
@@ -159,6 +174,10 @@ class SpaceServer:
     def _apply_move(self, session: Session, move: protocol.Move) -> None:
         """Store the position and queue it for the space's next tick."""
         assert session.space_id is not None and session.identity is not None
+        now = time.monotonic()
+        if not session.limits.hit_move(now):
+            self._hold_move(session, move, now)
+            return
         player = self.store.move(
             session.space_id,
             session.identity.player_id,
@@ -173,6 +192,7 @@ class SpaceServer:
     def _guard(self, event: str, handler: Handler) -> Callable[..., Awaitable[None]]:
         """Wrap a handler: joined check, binary check, bad input replies, no escaped errors."""
         channel = protocol.ERROR_CHANNEL.get(event)
+        limit = EVENT_LIMITS.get(event)
 
         async def guarded(sid: str, *args: Any) -> None:
             session = self.sessions.get(sid)
@@ -183,9 +203,14 @@ class SpaceServer:
                 log.debug("I3000", "Event before join ignored", event=event, **session.context())
                 return
             payload = args[0] if args else None
+            now = time.monotonic()
+            if limit is not None and not await self._admit(session, event, limit, now):
+                return
             try:
                 payload = protocol.check_envelope(args)
                 await handler(session, payload)
+                if limit is not None:
+                    self._record(session, limit, now)
             except BadInput as exc:
                 self.bad_inputs += 1
                 target = channel
@@ -222,6 +247,122 @@ class SpaceServer:
                 await self._safe_error(session, "Internal server error", "INTERNAL_ERROR")
 
         return guarded
+
+    # -- rate limits (see domain/limits.py) -----------------------------------------------------
+
+    async def _admit(self, session: Session, event: str, limit: EventLimit, now: float) -> bool:
+        """Whether the event fits its per-socket and per-player limits; answers it if not.
+
+        Nothing is counted here: :meth:`_record` counts the event once its handler accepted it,
+        so malformed payloads keep their own replies (SPEC §8) and do not eat the allowance."""
+        rule = limit.socket
+        if session.limits.admit(rule, now):
+            player = limit.player
+            if (
+                player is None
+                or session.identity is None
+                or self.keyed_limits.admit(player, session.identity.player_id, now)
+            ):
+                return True
+            rule = player
+        await self._refuse_excess(session, event, rule, now)
+        return False
+
+    def _record(self, session: Session, limit: EventLimit, now: float) -> None:
+        session.limits.record(limit.socket, now)
+        if limit.player is not None and session.identity is not None:
+            self.keyed_limits.hit(limit.player, session.identity.player_id, now)
+
+    async def _over_keyed_limit(self, session: Session, event: str, rule: Rule, key: str) -> bool:
+        """Count one event under a limit shared by sockets (per player, per invitation target);
+        True, after answering the client, if it is over."""
+        now = time.monotonic()
+        if self.keyed_limits.hit(rule, key, now):
+            return False
+        await self._refuse_excess(session, event, rule, now)
+        return True
+
+    async def _refuse_excess(self, session: Session, event: str, rule: Rule, now: float) -> None:
+        verdict = self._note_excess(session, rule, now)
+        if verdict is not Verdict.QUIET:
+            await self._answer_excess(session, event, rule, verdict, now)
+
+    def _note_excess(self, session: Session, rule: Rule, now: float) -> Verdict:
+        """Count one refused event and log the first of each window (logs stay bounded)."""
+        verdict = session.limits.refuse(rule, now)
+        self.abuse.count(rule.name)
+        if verdict is Verdict.NOTIFY:
+            log.info(
+                "E3002",
+                f"Rate limited: too many {rule.label}",
+                rule=rule.name,
+                limit=rule.limit,
+                windowSeconds=rule.window,
+                **session.context(),
+            )
+        elif verdict is Verdict.DISCONNECT:
+            self.abuse.count("rateLimited.disconnect")
+            log.warn(
+                "E3002",
+                "Rate limited: sustained excess, disconnecting",
+                rule=rule.name,
+                refused=session.limits.refused_total,
+                **session.context(),
+            )
+        return verdict
+
+    async def _answer_excess(
+        self, session: Session, event: str, rule: Rule, verdict: Verdict, now: float
+    ) -> None:
+        """One reply per window on the event's channel, or the disconnect of a client that keeps
+        going; nobody else is told anything."""
+        if session.closing_reason is not None or session.sid not in self.sessions:
+            return
+        if verdict is Verdict.DISCONNECT:
+            session.closing_reason = "disconnect:rate limited"
+            await self._safe_error(session, "Too many requests; disconnected", "RATE_LIMITED")
+            self.out.write_out()  # the error goes before the disconnect
+            await self.sio.disconnect(session.sid)
+            return
+        wait = rule.retry_after(now)
+        unit = "second" if wait == 1 else "seconds"
+        message = f"Too many {rule.label}. Wait {wait} {unit}."
+        channel = protocol.ERROR_CHANNEL.get(event, "error")
+        await self.out.to_sid(
+            session.sid, channel, {"message": message, "code": "RATE_LIMITED", "retryAfter": wait}
+        )
+
+    def _hold_move(self, session: Session, move: protocol.Move, now: float) -> None:
+        """A move over :data:`~spacesync.domain.limits.MOVE` is dropped, but the newest one is
+        kept and applied when the window ends: positions are state, and the newest state is
+        always delivered (SPEC §4). Costs one timer per window, not one per move."""
+        limits = session.limits
+        limits.held_move = move
+        limits.held_since_join = session.joined_at
+        if not limits.held_scheduled:
+            limits.held_scheduled = True
+            delay = (limits.move_index + 1) * MOVE.window - now + 0.001
+            asyncio.get_running_loop().call_later(delay, self._release_move, session)
+        verdict = self._note_excess(session, MOVE, now)
+        if verdict is not Verdict.QUIET:
+            self.sio.eio.spawn(self._answer_excess(session, "player:move", MOVE, verdict, now))
+
+    def _release_move(self, session: Session) -> None:
+        limits = session.limits
+        limits.held_scheduled = False
+        move, limits.held_move = limits.held_move, None
+        if (
+            move is None
+            or self.sessions.get(session.sid) is not session
+            or session.closing_reason is not None
+            or not session.joined
+            or session.joined_at != limits.held_since_join
+        ):
+            return
+        try:
+            self._apply_move(session, move)
+        except Exception as exc:
+            log.error("E3003", "Applying a held move failed", exc=exc, **session.context())
 
     async def _reply_error(self, session: Session, channel: str | None, message: str) -> None:
         if channel is None:
@@ -413,6 +554,8 @@ class SpaceServer:
             return
         if session.sid not in self.sessions:
             return  # disconnected while the app was verifying
+        if await self._over_keyed_limit(session, "join:space", JOIN_PLAYER, identity.player_id):
+            return
         if session.joined:
             same = session.space_id == join.space_id and (
                 session.identity is not None and session.identity.player_id == identity.player_id
@@ -474,7 +617,8 @@ class SpaceServer:
             await self.out.to_space(
                 join.space_id, "player:joined", result.player.position(), skip_sid=session.sid
             )
-            await self._system(join.space_id, f"{sanitize(identity.nickname)} joined")
+            if self._notice_allowed(self.notices.joined, join.space_id, identity.player_id):
+                await self._system(join.space_id, f"{sanitize(identity.nickname)} joined")
         log.info(
             "I2001",
             "Player joined space",
@@ -500,6 +644,16 @@ class SpaceServer:
             player.identity = replace(player.identity, nickname=nickname)
             await self.store.update_identity(space_id, player.identity)
         return player.identity
+
+    def _notice_allowed(
+        self, gate: Callable[[str, str, float], bool], space_id: str, player_id: str
+    ) -> bool:
+        """Whether a "joined"/"left" chat line about this player goes out (churn of one player
+        is announced at most once per interval; see :class:`NoticeThrottle`)."""
+        if gate(space_id, player_id, time.monotonic()):
+            return True
+        self.abuse.count("churnNoticeSuppressed")
+        return False
 
     async def _send_room_state(self, session: Session, space_id: str) -> None:
         assert session.identity is not None
@@ -599,12 +753,15 @@ class SpaceServer:
             await self._announce_departure(space_id, departure, leaver)
         left = {"id": player_id}
         notice = system_message(f"{sanitize(identity.nickname)} left")
+        announce = self._notice_allowed(self.notices.left, space_id, player_id)
         if tell_local:
             await self.out.to_space(space_id, "player:left", left, about=player_id)
-            await self.out.to_space(space_id, "chat:system", notice, about=player_id)
+            if announce:
+                await self.out.to_space(space_id, "chat:system", notice, about=player_id)
         else:
             self.out.publish_remote(space_id, "player:left", left, about=player_id)
-            self.out.publish_remote(space_id, "chat:system", notice, about=player_id)
+            if announce:
+                self.out.publish_remote(space_id, "chat:system", notice, about=player_id)
         duration = time.time() - joined_at
         if log_exit:
             event = exit_event_for(
@@ -855,6 +1012,11 @@ class SpaceServer:
         target = await self.store.player(session.space_id, request.target_id)
         if target is None:
             raise PartyError("That player is not in this space")
+        pair = f"{session.identity.player_id}\n{target.id}"
+        if await self._over_keyed_limit(
+            session, "party:invite", INVITE_PAIR, pair
+        ) or await self._over_keyed_limit(session, "party:invite", INVITE_TARGET, target.id):
+            return
         async with self.store.parties(session.space_id) as parties:
             invitation = parties.invite(
                 session.identity.player_id, request.party_id, request.target_id, time.time()

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..domain.identity import Identity
+from ..domain.limits import SocketLimits
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class Session:
     own is verified with this one."""
     closing_reason: str | None = None
     """Set when the server closes the socket on purpose (duplicate session, shutdown)."""
+    limits: SocketLimits = field(default_factory=SocketLimits)
+    """Rate-limit state of this socket: it goes when the socket goes."""
 
     @property
     def joined(self) -> bool:
