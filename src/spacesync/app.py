@@ -448,12 +448,15 @@ class SpacesyncNode:
         if self._site is not None:
             with contextlib.suppress(Exception):
                 await self._site.stop()
+        # Departures already under way (a disconnect a moment before the signal) end with
+        # their EXIT in the outbox; in a cluster each awaits Redis a few times before that.
+        until = deadline - 3.0
+        while self.server.sessions and time.monotonic() < until:
+            await asyncio.sleep(0.02)
+        await self.server.departures_settled(until - time.monotonic())
         if self.monitor is not None:
             # Each departure is removed from Redis and told to the other nodes before this
             # node leaves the cluster; whatever is left then is removed by the others.
-            until = deadline - 3.0
-            while self.server.sessions and time.monotonic() < until:
-                await asyncio.sleep(0.02)
             await self.bus_settle()
             await self.monitor.leave_cluster()
         left = await self.exits.drain(max(0.5, deadline - time.monotonic() - 1.5))
@@ -504,11 +507,14 @@ class SpacesyncNode:
         if self.bus is not None:
             await self.bus.close()
         await self.broadcaster.close()
-        await self.exits.close()
         await self.alerter.close()
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 await self._runner.cleanup()
+        # The outbox closes last: a departure still finishing (a connection the cleanup above
+        # closed) writes its EXIT there, and the next start sends it.
+        await self.server.departures_settled(1.0)
+        await self.exits.close()
         await self.app_client.close()
         await self.store.close()
         if self.redis is not None:

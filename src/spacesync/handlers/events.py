@@ -8,6 +8,7 @@ the one bound to the socket, never one a client sends; every reply goes through 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -107,6 +108,9 @@ class SpaceServer:
         self.bad_inputs = 0
         self.keyed_limits = KeyedLimits()
         self.notices = NoticeThrottle()
+        self._departing = 0
+        self._departures_done = asyncio.Event()
+        self._departures_done.set()
         self._register()
 
     # -- wiring --------------------------------------------------------------------------------
@@ -466,7 +470,7 @@ class SpaceServer:
         why = session.closing_reason or f"disconnect:{reason or 'unknown'}"
         if session.joined and session.closing_reason not in ("replaced", "reaped"):
             try:
-                await self._leave(session, why, connected=False)
+                await self._tracked_leave(session, why, connected=False)
             except Exception as exc:
                 log.error("E3003", "Leaving on disconnect failed", exc=exc, **session.context())
         log.info("E2002", "Client disconnected", reason=str(reason), socketId=sid)
@@ -713,7 +717,27 @@ class SpaceServer:
         await self.sio.disconnect(session.sid)
 
     async def leave_space(self, session: Session, payload: Any) -> None:
-        await self._leave(session, "leave", connected=True)
+        await self._tracked_leave(session, "leave", connected=True)
+
+    async def _tracked_leave(self, session: Session, reason: str, *, connected: bool) -> None:
+        """``_leave``, counted while it runs: in a cluster a departure awaits Redis several
+        times before its EXIT reaches the outbox, and a node that stops must wait for it
+        (:meth:`departures_settled`) rather than close the outbox under it."""
+        self._departing += 1
+        self._departures_done.clear()
+        try:
+            await self._leave(session, reason, connected=connected)
+        finally:
+            self._departing -= 1
+            if not self._departing:
+                self._departures_done.set()
+
+    async def departures_settled(self, timeout: float) -> int:
+        """Wait until no departure is under way, or ``timeout``; returns how many still are."""
+        if self._departing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._departures_done.wait(), max(0.0, timeout))
+        return self._departing
 
     async def _leave(self, session: Session, reason: str, *, connected: bool) -> None:
         space_id, identity = session.space_id, session.identity
