@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import secrets
 import time
@@ -18,11 +19,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import __version__, protocol
+from .admission import ADDRESS_KEY, Admission
 from .cluster import ClusterBus, NodeMonitor
 from .config import Settings
 from .fanout import Broadcaster
 from .handlers.events import SpaceServer
 from .handlers.session import Session
+from .headers import HeaderDeadlineRunner
 from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
 from .integrations.exit_journal import ExitJournal
@@ -51,16 +54,25 @@ _JSON_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type, Authorization",
     "Cache-Control": "no-store",
 }
+_PRIVATE_HEADERS = {"Cache-Control": "no-store"}
+"""Headers of the internal routes when ``INTERNAL_API_TOKEN`` protects them: no
+``Access-Control-Allow-Origin: *``, so no web page can read them from a visitor's browser."""
 
 
-def _json(data: Any, status: int = 200, pretty: bool = False) -> web.Response:
+def _json(
+    data: Any, status: int = 200, pretty: bool = False, headers: dict[str, str] = _JSON_HEADERS
+) -> web.Response:
     option = orjson.OPT_INDENT_2 if pretty else 0
     return web.Response(
         body=orjson.dumps(data, option=option),
         status=status,
         content_type="application/json",
-        headers=_JSON_HEADERS,
+        headers=headers,
     )
+
+
+def _is_internal(path: str) -> bool:
+    return path == "/metrics" or path.startswith("/presence/")
 
 
 class SpacesyncNode:
@@ -118,6 +130,12 @@ class SpacesyncNode:
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
         self.broadcaster = Broadcaster(self.sio, buffer_limit=settings.client_buffer_limit)
         self.abuse = AbuseCounters()
+        self.admission = Admission(
+            self.abuse,
+            max_sessions=settings.max_connections_per_ip,
+            handshakes=settings.handshakes_per_ip,
+            trusted_proxies=settings.trusted_proxies,
+        )
         self.server = SpaceServer(
             self.sio,
             settings,
@@ -131,6 +149,12 @@ class SpacesyncNode:
         self.sio.malformed = self.server.malformed  # type: ignore[method-assign]
         self.sio.eio.frame_writer = self.broadcaster.write
         self.sio.eio.flush_writes = self.broadcaster.write_out
+        self.sio.eio.admission = self.admission
+        self.sio.eio.connect_timeout = settings.connect_timeout
+        self.sio.eio.join_timeout = settings.join_timeout
+        self.sio.admission = self.admission
+        self.sio.abuse = self.abuse
+        self.sio.is_joined = self._joined  # type: ignore[method-assign]
         if self.bus is not None and self.monitor is not None:
             self.broadcaster.bus = self.bus
             self.bus.receiver = self.broadcaster
@@ -143,7 +167,8 @@ class SpacesyncNode:
         self._housekeeping: asyncio.Task[None] | None = None
         self._alert_handler: Any = None
         self.stopping = False
-        self._limit_logged: dict[str, float] = {}
+        token = settings.internal_api_token
+        self._internal_token: bytes | None = token.encode() if token else None
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -162,46 +187,98 @@ class SpacesyncNode:
         r.add_route("*", "/{tail:.*}", self._fallback)
 
     async def _socketio_entry(self, request: web.Request) -> web.StreamResponse:
-        if "sid" not in request.query:
+        query = request.query
+        if "j" in query:
+            # JSONP polling answers with a script that any page may include; no client of this
+            # server uses it, so it is refused rather than left as a way around CORS.
+            self.admission.refused(
+                "E2005", "jsonp", "JSONP polling refused", self._address(request)
+            )
+            return _json({"error": "JSONP polling is not supported"}, status=400)
+        if "sid" not in query:
             if self.stopping:
                 # A new handshake during shutdown fails at the transport, so the official
                 # client retries with backoff (a refused Socket.IO connect would not retry).
                 return _json({"error": "Server is shutting down"}, status=503)
-            refused = self._over_address_limit(request)
+            refused = self._refuse_handshake(request)
             if refused is not None:
                 return refused
         response: web.StreamResponse = await self.sio.eio.handle_request(request)
         return response
 
+    def _address(self, request: web.Request) -> str:
+        """The client address of ``request`` (``X-Forwarded-For`` from a trusted proxy)."""
+        address = request.get(ADDRESS_KEY)
+        if address is None:
+            address = self.admission.address_of(request.remote, request.headers)
+            request[ADDRESS_KEY] = address
+        return str(address)
+
+    def _refuse_handshake(self, request: web.Request) -> web.Response | None:
+        """``MAX_CONNECTIONS_PER_IP`` (open Engine.IO sessions) and ``HANDSHAKES_PER_IP`` (new
+        ones per 10 s): a handshake past either is refused with 429, which the official client
+        retries later with backoff."""
+        address = self._address(request)
+        reason = self.admission.check_handshake(address)
+        if reason is None:
+            return None
+        if reason == "connectionsPerAddress":
+            message = "Connection refused: too many connections from one address"
+            limit = self.settings.max_connections_per_ip
+        else:
+            message = "Connection refused: too many new connections from one address"
+            limit = self.settings.handshakes_per_ip
+        self.admission.refused("E2005", reason, message, address, limit=limit)
+        return _json({"error": "Too many connections from this address"}, status=429)
+
+    def _joined(self, sid: str) -> bool:
+        session = self.server.sessions.get(sid)
+        return session is not None and session.joined
+
+    def _authorized(self, request: web.Request) -> bool:
+        """With ``INTERNAL_API_TOKEN`` set, the internal routes need ``Authorization: Bearer
+        <token>`` (compared in constant time); without it they are public."""
+        token = self._internal_token
+        if token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token):
+            return True
+        self.admission.refused(
+            "E1003",
+            "unauthorizedHttp",
+            f"{request.method} {request.path} refused: missing or wrong bearer token",
+            self._address(request),
+        )
+        return False
+
+    def _unauthorized(self) -> web.Response:
+        response = _json({"error": "Unauthorized"}, status=401, headers=_PRIVATE_HEADERS)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    def _header_timeout(self, peer: str) -> None:
+        """Slow request headers (logged with the peer address: without complete headers there
+        is no ``X-Forwarded-For`` to read)."""
+        self.admission.refused(
+            "E2005",
+            "headerTimeout",
+            "Connection closed: request headers not received in time",
+            peer,
+            seconds=self.settings.header_timeout,
+        )
+
     async def _fallback(self, request: web.Request) -> web.Response:
         """CORS preflights, and JSON answers for unknown paths and methods."""
         if request.method == "OPTIONS":
+            if self._internal_token is not None and _is_internal(request.path):
+                return web.Response(status=204, headers=_PRIVATE_HEADERS)
             return web.Response(status=204, headers=_JSON_HEADERS)
         path = request.path
         known = path in _GET_PATHS or path.startswith("/presence/") or path == SOCKETIO_PATH
         if known:
             return _json({"error": "Method not allowed"}, status=405)
         return _json({"error": "Not found"}, status=404)
-
-    def _over_address_limit(self, request: web.Request) -> web.Response | None:
-        """``MAX_CONNECTIONS_PER_IP``: a new handshake from an address already at the limit is
-        refused with 429 (the official client retries later with backoff)."""
-        limit = self.settings.max_connections_per_ip
-        address = request.remote or ""
-        if not limit or self.server.per_address.get(address, 0) < limit:
-            return None
-        now = time.monotonic()
-        if now - self._limit_logged.get(address, -60.0) >= 60.0:
-            if len(self._limit_logged) > 10_000:
-                self._limit_logged.clear()
-            self._limit_logged[address] = now
-            log.warn(
-                "E2005",
-                "Connection refused: too many connections from one address",
-                address=address,
-                limit=limit,
-            )
-        return _json({"error": "Too many connections from this address"}, status=429)
 
     async def health(self, request: web.Request) -> web.Response:
         return _json(
@@ -226,9 +303,12 @@ class SpacesyncNode:
         return _json({"status": "ready", "timestamp": int(time.time() * 1000)})
 
     async def presence(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        headers = _JSON_HEADERS if self._internal_token is None else _PRIVATE_HEADERS
         space_id = request.match_info["spaceId"]
         if not protocol.ID_RE.fullmatch(space_id):
-            return _json({"error": "Invalid spaceId"}, status=400)
+            return _json({"error": "Invalid spaceId"}, status=400, headers=headers)
         players = await self.store.players(space_id)
         return _json(
             {
@@ -243,10 +323,13 @@ class SpacesyncNode:
                 ],
                 "count": len(players),
                 "timestamp": int(time.time() * 1000),
-            }
+            },
+            headers=headers,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
         rooms = self.server.local_spaces()
         snapshot = self.figures.snapshot()
         body: dict[str, Any] = {
@@ -304,7 +387,8 @@ class SpacesyncNode:
                 "failed": self.alerter.failed,
             },
         }
-        return _json(body, pretty=True)
+        headers = _JSON_HEADERS if self._internal_token is None else _PRIVATE_HEADERS
+        return _json(body, pretty=True, headers=headers)
 
     async def _cluster_metrics(self) -> dict[str, Any]:
         """Cluster-wide figures beside the node's own (cluster mode only)."""
@@ -342,8 +426,13 @@ class SpacesyncNode:
             self._alert_handler = install_alert_handler(self.alerter.observe)
         self.exits.start()
         self.loop_lag.start()
-        self._runner = web.AppRunner(
-            self.web, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        self._runner = HeaderDeadlineRunner(
+            self.web,
+            header_timeout=self.settings.header_timeout,
+            on_timeout=self._header_timeout,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
         )
         await self._runner.setup()
         self._site = web.TCPSite(
@@ -367,6 +456,12 @@ class SpacesyncNode:
             alerts=self.alerter.enabled,
             version=__version__,
         )
+        if self._internal_token is None and not self.settings.development:
+            log.warn(
+                "E6004",
+                "GET /metrics and GET /presence/{spaceId} are public; set INTERNAL_API_TOKEN "
+                "to require a bearer token for them",
+            )
 
     async def _housekeep(self) -> None:
         while True:
@@ -375,6 +470,7 @@ class SpacesyncNode:
                 await self.store.housekeeping(time.time())
             except Exception as exc:
                 log.error("E6003", "Housekeeping failed", exc=exc)
+            self.admission.prune()
             self._collect_garbage()
 
     def _collect_garbage(self) -> None:

@@ -27,6 +27,8 @@ from aiohttp.web import WebSocketResponse
 from engineio import async_socket, exceptions, packet
 from engineio.async_drivers import aiohttp as _aiohttp_driver
 
+from .admission import ADDRESS_KEY, Admission
+from .observability.abuse import AbuseCounters
 from .observability.logging import log
 
 _socket_module = engineio.async_server.async_socket
@@ -234,6 +236,44 @@ class SpaceSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     next_ping: float = 0.0
     """When the next ping is due (``time.monotonic()``); 0 when none is scheduled. The engine's
     service task sends them, so a socket needs no timer of its own."""
+    address: str = ""
+    """The client address the session was opened from (see :mod:`spacesync.admission`)."""
+    deadline: float = 0.0
+    """When the session must have moved on (``time.monotonic()``): sent its Socket.IO CONNECT
+    (``waiting_for == "connect"``) or joined a space (``"join"``); checked by the engine's
+    service task, so an idle session costs no timer of its own."""
+    waiting_for: str = "connect"
+    was_joined: bool = False
+    _counted: bool = False
+
+    def __init__(self, server: Any, sid: str) -> None:
+        super().__init__(server, sid)
+        admission: Admission | None = getattr(server, "admission", None)
+        self.address = getattr(server, "new_address", "") or ""
+        self.deadline = time.monotonic() + getattr(server, "connect_timeout", 10.0)
+        if admission is not None:
+            admission.opened(self.address)
+            self._counted = True
+
+    def _release(self) -> None:
+        """The session no longer counts against its address (once, whatever closed it)."""
+        if self._counted:
+            self._counted = False
+            self.deadline = 0.0
+            admission: Admission | None = getattr(self.server, "admission", None)
+            if admission is not None:
+                admission.closed(self.address)
+
+    async def refuse(self, reason: str) -> None:
+        """Close the session at once for hostile input: no CLOSE packet, no waiting for the
+        client's close handshake (it may be busy streaming), just the TCP connection gone."""
+        transport = self._transport if self.upgraded else None
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        await self.close(wait=False, abort=True, reason=reason)
+        # Gone at once: a long-polling client's next request is answered 400 (unknown
+        # session) instead of reaching a closed socket.
+        self.server.sockets.pop(self.sid, None)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -305,6 +345,7 @@ class SpaceSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         self, wait: bool = True, abort: bool = False, reason: str | None = None
     ) -> None:
         self.next_ping = 0.0
+        self._release()
         direct = self.direct_transport() is not None
         await super().close(wait=wait and not direct, abort=abort, reason=reason)
         if not direct:
@@ -380,6 +421,14 @@ class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     frame_writer: Callable[[Any, bytes], None] | None = None
     """``(transport, frame)``: the per-socket write path shared with broadcasts."""
     flush_writes: Callable[[], None] | None = None
+    admission: Admission | None = None
+    """Per-address session counts; every session is counted from its handshake to its close."""
+    connect_timeout: float = 10.0
+    join_timeout: float = 60.0
+    socketio: SpaceSocketServer | None = None
+    new_address: str = ""
+    """The address of the session being created (read by :class:`SpaceSocket` as it is built,
+    synchronously inside ``_handle_connect``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -395,6 +444,13 @@ class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     async def _handle_connect(self, *args: Any, **kwargs: Any) -> Any:
         # engine.io builds each socket from ``async_socket.AsyncSocket``; this server's are
         # SpaceSockets (the class is looked up on the module at the time of the call).
+        environ = args[0] if args else kwargs.get("environ", {})
+        request = environ.get("aiohttp.request")
+        address = request.get(ADDRESS_KEY) if request is not None else None
+        if address is None:
+            address = (getattr(request, "remote", None) or environ.get("REMOTE_ADDR")) or ""
+        environ[ADDRESS_KEY] = address
+        self.new_address = address
         _socket_module.AsyncSocket = SpaceSocket
         try:
             return await super()._handle_connect(*args, **kwargs)
@@ -426,6 +482,62 @@ class _EngineServer(engineio.AsyncServer):  # type: ignore[misc]
                         await sock.close(wait=False, abort=False, reason=self.reason.PING_TIMEOUT)
                     except Exception:
                         self.logger.exception("Closing a silent client failed")
+                deadline = getattr(sock, "deadline", 0.0)
+                if deadline and deadline <= due and not sock.closing:
+                    try:
+                        await self._deadline_passed(sock, due)
+                    except Exception:
+                        self.logger.exception("Closing an idle client failed")
+
+    async def _deadline_passed(self, sock: SpaceSocket, now: float) -> None:
+        """A session that sent no Socket.IO CONNECT within ``connect_timeout`` is closed; a
+        connected socket that has not joined a space ``join_timeout`` after connecting (or after
+        it left its space) is disconnected from Socket.IO, which the official client takes as
+        final (no automatic reconnect), and its session is then held to ``connect_timeout``
+        again. Each check is two dictionary lookups, made only when a deadline has passed, so
+        thousands of idle sessions cost next to nothing."""
+        sio = self.socketio
+        sid = sio.manager.sid_from_eio_sid(sock.sid, "/") if sio is not None else None
+        if sock.waiting_for == "connect":
+            if sid is not None:  # connected (or its connect handler is still running)
+                sock.waiting_for, sock.was_joined = "join", False
+                sock.deadline = now + self.join_timeout
+                return
+            sock.deadline = 0.0
+            if self.admission is not None:
+                self.admission.refused(
+                    "E2005",
+                    "connectTimeout",
+                    "Connection closed: no Socket.IO connect within the time allowed",
+                    sock.address,
+                    seconds=self.connect_timeout,
+                )
+            await sock.refuse(self.reason.SERVER_DISCONNECT)
+            return
+        if sid is None or sio is None:  # left the namespace but kept the session
+            sock.waiting_for = "connect"
+            sock.deadline = now + self.connect_timeout
+            return
+        if sio.is_joined(sid):
+            sock.was_joined = True
+            sock.deadline = now + self.join_timeout
+            return
+        if sock.was_joined:  # it left a space since the last look: a full period from now
+            sock.was_joined = False
+            sock.deadline = now + self.join_timeout
+            return
+        sock.waiting_for = "connect"
+        sock.deadline = now + self.connect_timeout
+        if self.admission is not None:
+            self.admission.refused(
+                "E2005",
+                "joinTimeout",
+                "Connection closed: no space joined within the time allowed",
+                sock.address,
+                socketId=sid,
+                seconds=self.join_timeout,
+            )
+        await sio.disconnect(sid)
 
 
 # A long-polling client sends everything queued since its last POST in one payload; at 60 moves
@@ -439,8 +551,150 @@ RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "*"})
 the connect or disconnect handler of its socket."""
 
 
+MAX_ATTACHMENTS = 10
+"""Attachments a binary event may announce and still be answered as bad input (the official
+client sends an event carrying a ``Blob`` as one such packet). Nothing of them is kept; a packet
+announcing more is hostile and closes the connection."""
+
+_BINARY_HEAD_RE = re.compile(r"([56])(\d{1,10})-")
+
+
+def _without_binary(value: Any) -> tuple[Any, bool]:
+    """``value`` with every attachment placeholder replaced by empty bytes (so that validation
+    refuses it as a binary payload), and whether there was one."""
+    if isinstance(value, list):
+        found = False
+        items = []
+        for item in value:
+            replaced, seen = _without_binary(item)
+            items.append(replaced)
+            found = found or seen
+        return items, found
+    if isinstance(value, dict):
+        if value.get("_placeholder") is True and "num" in value:
+            return b"", True
+        found = False
+        out = {}
+        for key, item in value.items():
+            out[key], seen = _without_binary(item)
+            found = found or seen
+        return out, found
+    return value, False
+
+
 class SpaceSocketServer(socketio.AsyncServer):
-    """``AsyncServer`` that treats undecodable packets as bad input from one client."""
+    """``AsyncServer`` that treats undecodable packets as bad input from one client, and never
+    keeps binary attachments.
+
+    No event of this server carries binary data, yet python-socketio keeps every message that
+    follows a BINARY_EVENT or BINARY_ACK header as an attachment until as many have arrived as
+    the header announced (``451000000000-[...]`` announces a billion): a client could make the
+    server hold gigabytes without joining anything. Here binary packets never reach
+    python-socketio. A binary event that announces a few attachments is answered as bad input
+    (on the event's own error channel, like any other refused payload) and its attachments are
+    dropped as they arrive; a larger announcement, a BINARY_ACK (the server asks for no
+    acknowledgements), a binary message that no header announced, or a text message where an
+    attachment was due closes the connection.
+    """
+
+    abuse: AbuseCounters | None = None
+    admission: Admission | None = None
+    is_joined: Callable[[str], bool] = staticmethod(lambda sid: False)
+    """``(Socket.IO sid) -> joined a space`` (set by the node)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._discarding: dict[str, int] = {}
+        self.eio.socketio = self
+
+    async def _handle_connect(self, eio_sid: str, namespace: Any, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        sock = self.eio.sockets.get(eio_sid)
+        if (
+            isinstance(sock, SpaceSocket)
+            and sock.waiting_for == "connect"
+            and self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None
+        ):
+            sock.waiting_for, sock.was_joined = "join", False
+            sock.deadline = time.monotonic() + self.eio.join_timeout
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        self._discarding.pop(eio_sid, None)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def _screen_binary(self, eio_sid: str, data: Any) -> bool:
+        """Handle ``data`` here if it is binary or a binary packet; ``True`` when it was."""
+        pending = self._discarding.get(eio_sid)
+        if isinstance(data, str):
+            if pending is not None:
+                # The attachments never came: the packet stays refused, this message is read
+                # as what it is.
+                del self._discarding[eio_sid]
+            if not data.startswith(("5", "6")):
+                return False
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.closing or sock.closed:
+            self._discarding.pop(eio_sid, None)
+            return True  # what is still in flight from a closed session
+        if pending is not None and isinstance(data, bytes):
+            if pending <= 1:
+                del self._discarding[eio_sid]
+            else:
+                self._discarding[eio_sid] = pending - 1
+            return True
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if not isinstance(data, str):
+            self._binary_refused(sock, sid, "a binary message that no packet announced")
+            if sid is not None:
+                await self.malformed(sid, None)
+            return True
+        head = _BINARY_HEAD_RE.match(data)
+        count = int(head.group(2)) if head is not None else 0
+        if count > MAX_ATTACHMENTS:
+            await self._refuse_binary(sock, sid, f"a binary packet announcing {count} attachments")
+            return True
+        kind = "binary event" if data[0] == "5" else "binary acknowledgement"
+        self._binary_refused(sock, sid, f"a {kind} with {count} attachments")
+        if count:
+            self._discarding[eio_sid] = count  # dropped one by one as they arrive
+        body = "2" + (data[head.end() :] if head is not None else data[1:])
+        if sid is None:
+            return True
+        if data[0] != "5" or head is None:
+            await self.malformed(sid, _event_name(body))
+            return True
+        try:
+            pkt = self.packet_class(encoded_packet=body)
+        except (ValueError, IndexError, TypeError, KeyError, AttributeError, RecursionError):
+            pkt = None
+        if pkt is None or not isinstance(pkt.data, list) or not pkt.data:
+            await self.malformed(sid, _event_name(body))
+            return True
+        # Answered like any event whose payload carries binary data: on its own error channel.
+        args, found = _without_binary(pkt.data)
+        if not found:
+            args.append(b"")
+        await self._handle_event(eio_sid, pkt.namespace, None, args)
+        return True
+
+    def _binary_refused(self, sock: SpaceSocket, sid: str | None, what: str) -> None:
+        if self.admission is not None:
+            self.admission.refused(
+                "E3001",
+                "binaryPacket",
+                f"Binary input refused: {what}",
+                sock.address,
+                socketId=sid or sock.sid,
+            )
+        elif self.abuse is not None:
+            self.abuse.count("binaryPacket")
+
+    async def _refuse_binary(self, sock: SpaceSocket, sid: str | None, what: str) -> None:
+        """Close the connection: ``what`` could only be an attempt to make the server hold
+        data (python-socketio would have kept every following message)."""
+        self._discarding.pop(sock.sid, None)
+        self._binary_refused(sock, sid, f"{what}; connection closed")
+        await sock.refuse(self.eio.reason.TRANSPORT_ERROR)
 
     async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
         name = data[0] if isinstance(data, list) and data else None
@@ -463,6 +717,10 @@ class SpaceSocketServer(socketio.AsyncServer):
         return _EngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if (not isinstance(data, str) or data.startswith(("5", "6")) or self._discarding) and (
+            await self._screen_binary(eio_sid, data)
+        ):
+            return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (

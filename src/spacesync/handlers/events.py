@@ -398,7 +398,8 @@ class SpaceServer:
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if self.shutting_down:
             raise socketio.exceptions.ConnectionRefusedError("Server is shutting down")
-        address = _client_address(environ)
+        # The client address the transport resolved (X-Forwarded-For from a trusted proxy).
+        address = environ.get("spacesync.address") or _client_address(environ)
         # The request's environment (every header, the request object) would otherwise stay
         # referenced for the whole life of the connection; nothing reads it after this.
         environ.clear()
