@@ -314,9 +314,9 @@ def lines_about(client: JsClient, nickname_prefix: str) -> list[str]:
 async def test_rename_leave_join_churn_gives_a_bystander_few_notices(
     bridge: Bridge, dev_server: ServerProcess
 ) -> None:
-    """Thirty rename/leave/join cycles in about a second give a bystander at most one "left"
-    and no further "joined" line, whatever nicknames the churner picks; `player:left` and
-    `player:joined` still keep the roster right."""
+    """Thirty rename/leave/join cycles in about a second give a bystander at most one more
+    "left" and one more "joined" line, whatever nicknames the churner picks (the rest is
+    coalesced); `player:left` and `player:joined` still keep the roster right."""
     space = space_id()
     bystander = await player(bridge, dev_server, space, "Bystander")
     churner = await player(bridge, dev_server, space, "Churn0")
@@ -341,9 +341,10 @@ async def test_rename_leave_join_churn_gives_a_bystander_few_notices(
     lines = bystander.received("chat:system")[before:]
     churn_lines = [m["content"] for m in lines if m["content"].startswith("Churn")]
     assert len([t for t in churn_lines if t.endswith(" left")]) <= 1, churn_lines
-    assert [t for t in churn_lines if t.endswith(" joined")] == [], churn_lines
+    assert len([t for t in churn_lines if t.endswith(" joined")]) <= 1, churn_lines
     figures = await abuse_figures(dev_server)
-    assert figures.get("rateLimited.leave", 0) + figures.get("churnNoticeSuppressed", 0) > 0
+    coalesced = figures.get("churnNoticeSuppressed", 0) + figures.get("churnNoticeDeferred", 0)
+    assert figures.get("rateLimited.leave", 0) + coalesced > 0
 
 
 async def test_churn_across_new_sockets_is_throttled_per_player(
@@ -378,7 +379,7 @@ async def test_churn_across_new_sockets_is_throttled_per_player(
     await settle(0.3)
     lines = [m["content"] for m in bystander.received("chat:system")]
     hopper = [t for t in lines if t.startswith("Hopper")]
-    assert len(hopper) <= 2, hopper
+    assert len(hopper) <= 3, hopper  # joined, left, joined; the rest coalesced
     assert (await abuse_figures(dev_server)).get("rateLimited.joinPlayer", 0) >= 1
 
 

@@ -129,41 +129,54 @@ def test_keyed_limits_sweep_by_themselves() -> None:
     assert len(keyed) <= 200
 
 
-@pytest.mark.parametrize("gap", [0.1, 5.0])
-def test_churn_gets_one_joined_and_one_left_line_per_interval(gap: float) -> None:
-    notices = NoticeThrottle(interval=15.0)
-    lines = []
-    now = 0.0
-    for _ in range(30):
-        lines.append(("joined", notices.joined("s", "p", now)))
-        lines.append(("left", notices.left("s", "p", now + gap / 2)))
-        now += gap
-        if now > 14.0:
-            break
-    shown = [kind for kind, ok in lines if ok]
-    assert shown == ["joined", "left"]
+def test_an_ordinary_visit_with_a_reload_is_announced_line_by_line() -> None:
+    notices = NoticeThrottle(interval=15.0, burst=3)
+    assert notices.change("s", "p", True, 0.0) == 0.0  # joined
+    assert notices.change("s", "p", False, 3.0) == 0.0  # reloaded: left...
+    assert notices.change("s", "p", True, 5.0) == 0.0  # ...and joined again
+    assert notices.change("s", "p", False, 100.0) == 0.0  # a short stay still says "left"
+    assert notices.change("other-space", "p", True, 100.0) == 0.0
+    assert notices.change("s", "q", True, 100.0) == 0.0
 
 
-def test_quick_rejoin_is_not_announced_but_a_later_one_is() -> None:
-    notices = NoticeThrottle(interval=15.0)
-    assert notices.joined("s", "p", 0.0)
-    assert notices.left("s", "p", 100.0)
-    assert not notices.joined("s", "p", 103.0)  # back within the interval: no new line
-    assert notices.joined("s", "p", 200.0)
-    assert notices.joined("other-space", "p", 200.0)
-    assert notices.joined("s", "q", 200.0)
+@pytest.mark.parametrize("gap", [0.05, 1.0])
+def test_churn_is_coalesced_and_the_last_word_is_where_the_player_is(gap: float) -> None:
+    notices = NoticeThrottle(interval=15.0, burst=3)
+    now, shown, waits = 0.0, [], []
+    for cycle in range(30):
+        for present in (True, False):
+            when = notices.change("s", "p", present, now)
+            if when == 0.0:
+                shown.append(present)
+            elif when is not None:
+                waits.append(now + when)
+            now += gap / 2
+        if cycle == 29:
+            notices.change("s", "p", True, now)  # ends in the space
+    assert shown == [True, False, True]
+    assert len(waits) == 1  # one deferred announcement, however long the churn
+    assert notices.due("s", "p", waits[0]) is None  # back in: the space was told so already
+    notices.change("s", "p", False, waits[0] + 1)
+    later = notices.change("s", "p", False, waits[0] + 1)
+    assert later is None  # leaving twice says nothing new
 
 
-def test_ordinary_visit_is_announced_both_ways() -> None:
-    notices = NoticeThrottle(interval=15.0)
-    assert notices.joined("s", "p", 0.0)
-    assert notices.left("s", "p", 3.0)  # a short stay still says "left"
+def test_a_deferred_departure_is_announced_when_due() -> None:
+    notices = NoticeThrottle(interval=15.0, burst=3)
+    for t, present in ((0.0, True), (1.0, False), (2.0, True)):
+        assert notices.change("s", "p", present, t) == 0.0
+    delay = notices.change("s", "p", False, 3.0)
+    assert delay == pytest.approx(12.0)
+    assert notices.change("s", "p", True, 4.0) is None  # waiting already
+    assert notices.change("s", "p", False, 5.0) is None
+    assert notices.due("s", "p", 15.0) is False  # gone: "left" is said once, when due
+    assert notices.due("s", "p", 15.5) is None
 
 
 def test_notice_throttle_forgets_old_entries() -> None:
     notices = NoticeThrottle(interval=15.0)
     for i in range(3000):
-        notices.joined("s", f"p{i}", float(i))
+        notices.change("s", f"p{i}", True, float(i))
     assert len(notices) < 1100
     notices.sweep(10_000.0)
     assert len(notices) == 0

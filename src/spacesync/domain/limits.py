@@ -18,7 +18,8 @@ Nothing here does I/O; times are ``time.monotonic()`` seconds passed in by the c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -117,7 +118,9 @@ MAX_REFUSED = 5000
 """Refused events per socket, over all rules, before it is disconnected."""
 
 NOTICE_INTERVAL = 15.0
-"""Seconds during which a player's churn in one space gets no further "joined"/"left" lines."""
+NOTICE_BURST = 3
+"""At most this many "joined"/"left" lines about one player in one space per interval are sent
+at once; further changes are coalesced (see :class:`NoticeThrottle`)."""
 
 
 class Verdict(IntEnum):
@@ -287,40 +290,64 @@ class KeyedLimits:
 
 
 class NoticeThrottle:
-    """Decides whether a player's arrival or departure is announced in the space's chat.
+    """Decides when a player's arrival or departure is announced in the space's chat.
 
-    ``player:joined`` and ``player:left`` always go out (the roster must be right); only the
-    ``chat:system`` lines, whose text carries a client-chosen nickname, are throttled. Per
-    player and space: a "left" line at most once per :data:`NOTICE_INTERVAL`, and a "joined"
-    line only if neither line was sent for that player within the interval. A player who leaves
-    and comes back within the interval is therefore not announced again, and a join/leave loop
-    produces at most one "joined" and one "left" line per interval. The view is per node.
+    ``player:joined`` and ``player:left`` always go out at once (the roster must be right); only
+    the ``chat:system`` lines, whose text carries a client-chosen nickname, are coalesced. Per
+    player and space, up to :data:`NOTICE_BURST` lines are announced at once within any
+    :data:`NOTICE_INTERVAL` (an ordinary visit with a page reload says "joined", "left",
+    "joined"). Past that a change is deferred until the interval allows another line, and then
+    announced only if it still differs from what the space was last told: a join/leave loop
+    ends in at most one more line, and the chat's last word about the player matches where they
+    really are. The view is per node.
     """
 
-    __slots__ = ("_calls", "_last", "interval")
+    __slots__ = ("_calls", "_entries", "burst", "interval")
 
-    def __init__(self, interval: float = NOTICE_INTERVAL) -> None:
+    def __init__(self, interval: float = NOTICE_INTERVAL, burst: int = NOTICE_BURST) -> None:
         self.interval = interval
-        self._last: dict[tuple[str, str], tuple[float, float]] = {}
+        self.burst = burst
+        self._entries: dict[tuple[str, str], _Notices] = {}
         self._calls = 0
 
-    def joined(self, space_id: str, player_id: str, now: float) -> bool:
-        self._tick(now)
-        key = (space_id, player_id)
-        last_joined, last_left = self._last.get(key, (-math.inf, -math.inf))
-        if now - last_joined < self.interval or now - last_left < self.interval:
-            return False
-        self._last[key] = (now, last_left)
-        return True
+    def change(self, space_id: str, player_id: str, present: bool, now: float) -> float | None:
+        """Record that the player arrived (``present``) or left.
 
-    def left(self, space_id: str, player_id: str, now: float) -> bool:
+        Returns ``0.0`` to announce the change now, a delay in seconds after which :meth:`due`
+        must be asked what to announce, or ``None`` when there is nothing to announce now (the
+        space was last told this already, or a deferred announcement is already waiting).
+        """
         self._tick(now)
-        key = (space_id, player_id)
-        last_joined, last_left = self._last.get(key, (-math.inf, -math.inf))
-        if now - last_left < self.interval:
-            return False
-        self._last[key] = (last_joined, now)
-        return True
+        entry = self._entries.get((space_id, player_id))
+        if entry is None:
+            entry = self._entries[(space_id, player_id)] = _Notices()
+        entry.present = present
+        if entry.pending:
+            return None
+        if entry.announced is present:
+            return None
+        times = entry.times
+        while times and now - times[0] >= self.interval:
+            times.popleft()
+        if len(times) < self.burst:
+            times.append(now)
+            entry.announced = present
+            return 0.0
+        entry.pending = True
+        return max(0.01, times[0] + self.interval - now)
+
+    def due(self, space_id: str, player_id: str, now: float) -> bool | None:
+        """A deferred announcement came due: whether to say "joined" (True), "left" (False),
+        or nothing (None: the player is back where the space was last told they are)."""
+        entry = self._entries.get((space_id, player_id))
+        if entry is None or not entry.pending:
+            return None
+        entry.pending = False
+        if entry.present is entry.announced:
+            return None
+        entry.times.append(now)
+        entry.announced = entry.present
+        return entry.present
 
     def _tick(self, now: float) -> None:
         self._calls += 1
@@ -329,14 +356,26 @@ class NoticeThrottle:
             self.sweep(now)
 
     def sweep(self, now: float) -> None:
-        """Forget players whose last line is older than the interval (they are unthrottled)."""
+        """Forget players with nothing deferred and no line within the interval: forgetting
+        what was announced is safe, since the next change then differs from "unknown"."""
         stale = [
             key
-            for key, (joined, left) in self._last.items()
-            if now - max(joined, left) >= self.interval
+            for key, entry in self._entries.items()
+            if not entry.pending and (not entry.times or now - entry.times[-1] >= self.interval)
         ]
         for key in stale:
-            del self._last[key]
+            del self._entries[key]
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._entries)
+
+
+@dataclass(slots=True)
+class _Notices:
+    present: bool = False
+    announced: bool | None = None
+    """What the space was last told: arrived (True), left (False), or nothing yet (None)."""
+    pending: bool = False
+    times: deque[float] = field(default_factory=deque)
+
+

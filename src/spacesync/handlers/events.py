@@ -108,6 +108,8 @@ class SpaceServer:
         self.bad_inputs = 0
         self.keyed_limits = KeyedLimits()
         self.notices = NoticeThrottle()
+        self._deferred_lines: dict[tuple[str, str], tuple[str, bool]] = {}
+        self._line_tasks: set[asyncio.Task[None]] = set()
         self._departing = 0
         self._departures_done = asyncio.Event()
         self._departures_done.set()
@@ -622,8 +624,7 @@ class SpaceServer:
             await self.out.to_space(
                 join.space_id, "player:joined", result.player.position(), skip_sid=session.sid
             )
-            if self._notice_allowed(self.notices.joined, join.space_id, identity.player_id):
-                await self._system(join.space_id, f"{sanitize(identity.nickname)} joined")
+            await self._presence_line(join.space_id, identity.player_id, identity.nickname, True)
         log.info(
             "I2001",
             "Player joined space",
@@ -650,15 +651,51 @@ class SpaceServer:
             await self.store.update_identity(space_id, player.identity)
         return player.identity
 
-    def _notice_allowed(
-        self, gate: Callable[[str, str, float], bool], space_id: str, player_id: str
-    ) -> bool:
-        """Whether a "joined"/"left" chat line about this player goes out (churn of one player
-        is announced at most once per interval; see :class:`NoticeThrottle`)."""
-        if gate(space_id, player_id, time.monotonic()):
-            return True
-        self.abuse.count("churnNoticeSuppressed")
-        return False
+    async def _presence_line(
+        self,
+        space_id: str,
+        player_id: str,
+        nickname: str,
+        present: bool,
+        *,
+        tell_local: bool = True,
+    ) -> None:
+        """The "X joined" / "X left" chat line about a player, now or coalesced for later
+        (churn of one player is not announced line by line; see :class:`NoticeThrottle`)."""
+        key = (space_id, player_id)
+        when = self.notices.change(space_id, player_id, present, time.monotonic())
+        if when == 0.0:
+            await self._send_presence_line(space_id, player_id, nickname, present, tell_local)
+            return
+        if when is None:
+            if key in self._deferred_lines:
+                self._deferred_lines[key] = (nickname, tell_local)
+            self.abuse.count("churnNoticeSuppressed")
+            return
+        self._deferred_lines[key] = (nickname, tell_local)
+        self.abuse.count("churnNoticeDeferred")
+        asyncio.get_running_loop().call_later(when, self._presence_line_due, space_id, player_id)
+
+    def _presence_line_due(self, space_id: str, player_id: str) -> None:
+        nickname, tell_local = self._deferred_lines.pop((space_id, player_id), ("", True))
+        present = self.notices.due(space_id, player_id, time.monotonic())
+        if present is None or not nickname or self.shutting_down:
+            return
+        task = asyncio.create_task(
+            self._send_presence_line(space_id, player_id, nickname, present, tell_local)
+        )
+        self._line_tasks.add(task)
+        task.add_done_callback(self._line_tasks.discard)
+
+    async def _send_presence_line(
+        self, space_id: str, player_id: str, nickname: str, present: bool, tell_local: bool
+    ) -> None:
+        notice = system_message(f"{sanitize(nickname)} {'joined' if present else 'left'}")
+        about = None if present else player_id  # a departure notice names its player
+        if tell_local:
+            await self.out.to_space(space_id, "chat:system", notice, about=about)
+        else:
+            self.out.publish_remote(space_id, "chat:system", notice, about=about)
 
     async def _send_room_state(self, session: Session, space_id: str) -> None:
         assert session.identity is not None
@@ -777,16 +814,13 @@ class SpaceServer:
         for departure in departures:
             await self._announce_departure(space_id, departure, leaver)
         left = {"id": player_id}
-        notice = system_message(f"{sanitize(identity.nickname)} left")
-        announce = self._notice_allowed(self.notices.left, space_id, player_id)
         if tell_local:
             await self.out.to_space(space_id, "player:left", left, about=player_id)
-            if announce:
-                await self.out.to_space(space_id, "chat:system", notice, about=player_id)
         else:
             self.out.publish_remote(space_id, "player:left", left, about=player_id)
-            if announce:
-                self.out.publish_remote(space_id, "chat:system", notice, about=player_id)
+        await self._presence_line(
+            space_id, player_id, identity.nickname, False, tell_local=tell_local
+        )
         duration = time.time() - joined_at
         if log_exit:
             event = exit_event_for(
