@@ -551,50 +551,22 @@ RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "*"})
 the connect or disconnect handler of its socket."""
 
 
-MAX_ATTACHMENTS = 10
-"""Attachments a binary event may announce and still be answered as bad input (the official
-client sends an event carrying a ``Blob`` as one such packet). Nothing of them is kept; a packet
-announcing more is hostile and closes the connection."""
-
-_BINARY_HEAD_RE = re.compile(r"([56])(\d{1,10})-")
-
-
-def _without_binary(value: Any) -> tuple[Any, bool]:
-    """``value`` with every attachment placeholder replaced by empty bytes (so that validation
-    refuses it as a binary payload), and whether there was one."""
-    if isinstance(value, list):
-        found = False
-        items = []
-        for item in value:
-            replaced, seen = _without_binary(item)
-            items.append(replaced)
-            found = found or seen
-        return items, found
-    if isinstance(value, dict):
-        if value.get("_placeholder") is True and "num" in value:
-            return b"", True
-        found = False
-        out = {}
-        for key, item in value.items():
-            out[key], seen = _without_binary(item)
-            found = found or seen
-        return out, found
-    return value, False
+_BINARY_HEAD_RE = re.compile(r"[56](\d{1,10})-")
 
 
 class SpaceSocketServer(socketio.AsyncServer):
-    """``AsyncServer`` that treats undecodable packets as bad input from one client, and never
-    keeps binary attachments.
+    """``AsyncServer`` that treats undecodable packets as bad input from one client, and accepts
+    no binary input at all.
 
     No event of this server carries binary data, yet python-socketio keeps every message that
     follows a BINARY_EVENT or BINARY_ACK header as an attachment until as many have arrived as
     the header announced (``451000000000-[...]`` announces a billion): a client could make the
-    server hold gigabytes without joining anything. Here binary packets never reach
-    python-socketio. A binary event that announces a few attachments is answered as bad input
-    (on the event's own error channel, like any other refused payload) and its attachments are
-    dropped as they arrive; a larger announcement, a BINARY_ACK (the server asks for no
-    acknowledgements), a binary message that no header announced, or a text message where an
-    attachment was due closes the connection.
+    server hold gigabytes without joining anything. Answering small binary events while
+    dropping their attachments one by one would still leave per-socket bookkeeping that a
+    client controls, and nothing a real client of this server sends is binary. So a BINARY_EVENT
+    or BINARY_ACK packet, whatever it announces, and a binary message that no header announced
+    (a binary WebSocket frame, a ``b``-prefixed long-polling packet) close the connection before
+    anything of them is decoded or kept.
     """
 
     abuse: AbuseCounters | None = None
@@ -604,7 +576,6 @@ class SpaceSocketServer(socketio.AsyncServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._discarding: dict[str, int] = {}
         self.eio.socketio = self
 
     async def _handle_connect(self, eio_sid: str, namespace: Any, data: Any) -> None:
@@ -618,83 +589,36 @@ class SpaceSocketServer(socketio.AsyncServer):
             sock.waiting_for, sock.was_joined = "join", False
             sock.deadline = time.monotonic() + self.eio.join_timeout
 
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
-        self._discarding.pop(eio_sid, None)
-        await super()._handle_eio_disconnect(eio_sid, reason)
-
     async def _screen_binary(self, eio_sid: str, data: Any) -> bool:
-        """Handle ``data`` here if it is binary or a binary packet; ``True`` when it was."""
-        pending = self._discarding.get(eio_sid)
+        """Refuse ``data`` if it is binary or a binary packet; ``True`` when it was.
+
+        The one place binary input is looked at: the connection is closed (logged E3001,
+        counted as ``binaryPacket``) before python-socketio sees the packet, so nothing of it
+        is decoded or buffered, whether or not the socket ever connected or joined."""
         if isinstance(data, str):
-            if pending is not None:
-                # The attachments never came: the packet stays refused, this message is read
-                # as what it is.
-                del self._discarding[eio_sid]
             if not data.startswith(("5", "6")):
                 return False
+            head = _BINARY_HEAD_RE.match(data)
+            kind = "binary event" if data[0] == "5" else "binary acknowledgement"
+            what = f"a {kind} announcing {head.group(1)} attachments" if head else f"a {kind}"
+        else:
+            what = "a binary message"
         sock = self.eio.sockets.get(eio_sid)
         if sock is None or sock.closing or sock.closed:
-            self._discarding.pop(eio_sid, None)
             return True  # what is still in flight from a closed session
-        if pending is not None and isinstance(data, bytes):
-            if pending <= 1:
-                del self._discarding[eio_sid]
-            else:
-                self._discarding[eio_sid] = pending - 1
-            return True
         sid = self.manager.sid_from_eio_sid(eio_sid, "/")
-        if not isinstance(data, str):
-            self._binary_refused(sock, sid, "a binary message that no packet announced")
-            if sid is not None:
-                await self.malformed(sid, None)
-            return True
-        head = _BINARY_HEAD_RE.match(data)
-        count = int(head.group(2)) if head is not None else 0
-        if count > MAX_ATTACHMENTS:
-            await self._refuse_binary(sock, sid, f"a binary packet announcing {count} attachments")
-            return True
-        kind = "binary event" if data[0] == "5" else "binary acknowledgement"
-        self._binary_refused(sock, sid, f"a {kind} with {count} attachments")
-        if count:
-            self._discarding[eio_sid] = count  # dropped one by one as they arrive
-        body = "2" + (data[head.end() :] if head is not None else data[1:])
-        if sid is None:
-            return True
-        if data[0] != "5" or head is None:
-            await self.malformed(sid, _event_name(body))
-            return True
-        try:
-            pkt = self.packet_class(encoded_packet=body)
-        except (ValueError, IndexError, TypeError, KeyError, AttributeError, RecursionError):
-            pkt = None
-        if pkt is None or not isinstance(pkt.data, list) or not pkt.data:
-            await self.malformed(sid, _event_name(body))
-            return True
-        # Answered like any event whose payload carries binary data: on its own error channel.
-        args, found = _without_binary(pkt.data)
-        if not found:
-            args.append(b"")
-        await self._handle_event(eio_sid, pkt.namespace, None, args)
-        return True
-
-    def _binary_refused(self, sock: SpaceSocket, sid: str | None, what: str) -> None:
         if self.admission is not None:
             self.admission.refused(
                 "E3001",
                 "binaryPacket",
-                f"Binary input refused: {what}",
+                f"Binary input refused: {what}; connection closed",
                 sock.address,
                 socketId=sid or sock.sid,
             )
         elif self.abuse is not None:
             self.abuse.count("binaryPacket")
-
-    async def _refuse_binary(self, sock: SpaceSocket, sid: str | None, what: str) -> None:
-        """Close the connection: ``what`` could only be an attempt to make the server hold
-        data (python-socketio would have kept every following message)."""
-        self._discarding.pop(sock.sid, None)
-        self._binary_refused(sock, sid, f"{what}; connection closed")
         await sock.refuse(self.eio.reason.TRANSPORT_ERROR)
+        return True
 
     async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
         name = data[0] if isinstance(data, list) and data else None
@@ -717,7 +641,7 @@ class SpaceSocketServer(socketio.AsyncServer):
         return _EngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        if (not isinstance(data, str) or data.startswith(("5", "6")) or self._discarding) and (
+        if (not isinstance(data, str) or data.startswith(("5", "6"))) and (
             await self._screen_binary(eio_sid, data)
         ):
             return
@@ -731,7 +655,6 @@ class SpaceSocketServer(socketio.AsyncServer):
             AttributeError,
             RecursionError,
         ) as exc:
-            pending = self._binary_packet.pop(eio_sid, None)
             sid = self.manager.sid_from_eio_sid(eio_sid, "/")
             log.warn(
                 "E3001",
@@ -739,11 +662,7 @@ class SpaceSocketServer(socketio.AsyncServer):
                 socketId=sid or eio_sid,
             )
             if sid is not None:
-                event = _event_name(data)
-                head = getattr(pending, "data", None)
-                if event is None and isinstance(head, list) and head and isinstance(head[0], str):
-                    event = head[0]  # the attachment of a binary event failed to fit in
-                await self.malformed(sid, event)
+                await self.malformed(sid, _event_name(data))
 
     async def malformed(self, sid: str, event: str | None) -> None:
         """Answer a packet that could not be decoded (replaced by the node, which answers on

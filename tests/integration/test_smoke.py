@@ -124,24 +124,25 @@ async def test_python_client_sees_js_client_move(bridge: Bridge, dev_server: Ser
         await py.disconnect()
 
 
-async def test_binary_attachment_and_raw_packet_reach_the_server(
+async def test_raw_packet_reaches_the_server_and_binary_attachment_closes(
     bridge: Bridge, dev_server: ServerProcess
 ) -> None:
-    """SPEC §8: an event with a binary attachment is refused on its own error channel
-    (`chat:error`); a raw Socket.IO packet written on the Engine.IO connection is handled like
-    any other event."""
+    """A raw Socket.IO packet written on the Engine.IO connection is handled like any other
+    event; an event with a binary attachment closes its sender's connection (no event takes
+    binary data), and the other player sees it leave."""
     space = space_id()
     alice = await bridge.connected(dev_server.url)
     await alice.join(space, "Alice", session_token=dev_token(), playerId=unique("alice"))
     bob = await bridge.connected(dev_server.url, transports=["polling"])
     await bob.join(space, "Bob", session_token=dev_token(), playerId=unique("bob"))
 
-    await alice.emit("chat:message", {"content": "with a file", "file": b"\x00\x01\x02"})
-    assert isinstance((await alice.wait_for("chat:error"))["message"], str)
-    await bob.expect_nothing("chat:message")
-
     await alice.send_raw('2["chat:message",{"content":"raw packet"}]')
     assert (await bob.wait_for("chat:message"))["content"] == "raw packet"
+
+    await alice.emit("chat:message", {"content": "with a file", "file": b"\x00\x01\x02"})
+    assert await alice.wait_disconnect(timeout=5) in {"transport close", "transport error"}
+    assert await bob.wait_for("player:left") == {"id": alice.player_id}
+    await bob.expect_nothing("chat:message", predicate=lambda m: m["content"] == "with a file")
 
 
 async def test_production_join_is_verified_by_the_app(

@@ -115,62 +115,123 @@ async def test_binary_attachments_over_polling_are_refused(
     await assert_undisturbed(bystander, listener, "after the polling attachments")
 
 
-@pytest.mark.parametrize("transport", ["websocket", "polling"])
-async def test_binary_message_without_a_binary_packet_is_refused(
-    start_server: ServerFactory, transport: str
-) -> None:
-    """A binary Engine.IO message that no binary packet announced (here one that reads like a
-    binary-event header itself) is refused as bad input: answered with `INVALID_PAYLOAD`,
-    logged E3001 and counted, nothing kept; the session goes on working."""
-    server = start_server(NODE_ENV="development")
-    mark = server.mark()
-    data = b'51000000000-["x",{"_placeholder":true,"num":0}]'
-    join = '42["join:space",{"spaceId":"lone-binary","nickname":"Lone","sessionToken":"dev-lone"}]'
-    if transport == "websocket":
-        raw = RawWebSocket(server.host, server.port)
+# What a client may try instead of a billion attachments (Socket.IO packets, without the
+# Engine.IO message prefix): a binary event or acknowledgement
+# announcing a few or none, either type without a count, and a binary message that no packet
+# announced (here one that reads like a binary-event header itself). Every one closes the
+# connection: no event of this server takes binary data.
+BINARY_INPUT: list[tuple[str, str | bytes]] = [
+    (
+        "event-1-attachment",
+        '51-["chat:message",{"content":"a file","file":{"_placeholder":true,"num":0}}]',
+    ),
+    ("event-0-attachments", '50-["chat:message",{"content":"none"}]'),
+    ("event-no-count", '5["chat:message",{"content":"hi"}]'),
+    ("ack-1-attachment", '61-0[{"_placeholder":true,"num":0}]'),
+    ("ack-no-count", "6"),
+    ("unannounced-binary", b'51000000000-["x",{"_placeholder":true,"num":0}]'),
+]
+
+
+def _join_packet() -> str:
+    player = unique("lone")
+    return (
+        f'42["join:space",{{"spaceId":"{space_id()}","playerId":"{player}",'
+        f'"nickname":"Lone","sessionToken":"{dev_token()}"}}]'
+    )
+
+
+async def _refused_over_websocket(server: ServerProcess, data: str | bytes, join: bool) -> None:
+    raw = RawWebSocket(server.host, server.port)
+    try:
         assert await raw.open() == 101
         await raw.connect()
-        raw.send_binary(data)
-        assert '"INVALID_PAYLOAD"' in (await raw.text() or "")
-        raw.send(join)
-        while True:
-            reply = await raw.text()
-            assert reply is not None, "connection closed"
-            if reply.startswith('42["room:joined"'):
-                break
+        if join:
+            raw.send(_join_packet())
+            while not (await raw.text() or "").startswith('42["room:joined"'):
+                pass
+        if isinstance(data, bytes):
+            raw.send_binary(data)
+        else:
+            raw.send("4" + data)
+        raw.send('42["chat:message",{"content":"after the binary input"}]')
+        assert await raw.closed_within(3.0), "the connection stayed open"
+    finally:
         raw.close()
-    else:
-        polling = RawPolling(server.url)
-        try:
-            assert (await polling.open()).status_code == 200
-            await polling.connect()
-            assert (await polling.post(binary_packet(data))).status_code == 200
-            assert '"INVALID_PAYLOAD"' in (await polling.get()).text
-            assert (await polling.post(join)).status_code == 200
+
+
+async def _refused_over_polling(server: ServerProcess, data: str | bytes, join: bool) -> None:
+    polling = RawPolling(server.url)
+    try:
+        assert (await polling.open()).status_code == 200
+        await polling.connect()
+        if join:
+            assert (await polling.post(_join_packet())).status_code == 200
             replies = ""
             for _ in range(5):
                 replies += (await polling.get()).text
                 if '"room:joined"' in replies:
                     break
             assert '"room:joined"' in replies, replies
-        finally:
-            await polling.aclose()
-    await server.wait_for_log(code="E3001", since=mark)
-    assert (await metrics(server))["abuse"]["binaryPacket"] == 1
+        await polling.post(binary_packet(data) if isinstance(data, bytes) else "4" + data)
+        after = await polling.post('42["chat:message",{"content":"after the binary input"}]')
+        assert after.status_code == 400, f"the session is still open: {after.text}"
+    finally:
+        await polling.aclose()
 
 
-async def test_binary_event_with_a_few_attachments_is_answered_as_bad_input(
+@pytest.mark.parametrize("joined_first", [False, True], ids=["unjoined", "joined"])
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("case", BINARY_INPUT, ids=[c[0] for c in BINARY_INPUT])
+async def test_binary_input_closes_the_connection(
+    bridge: Bridge,
+    dev_server: ServerProcess,
+    case: tuple[str, str | bytes],
+    transport: str,
+    joined_first: bool,
+) -> None:
+    """Any binary packet (type 5 or 6, any attachment count, none at all) and any binary
+    message nobody announced close the connection at once, from a socket that never joined as
+    from a player; nothing of it is answered or relayed, the refusal is counted as
+    `binaryPacket` (and logged E3001, at most once a minute per address), and players already in
+    a space notice nothing."""
+    server = dev_server
+    bystander, listener = await pair(bridge, server)
+    before = (await metrics(server))["abuse"].get("binaryPacket", 0)
+    refuse = _refused_over_websocket if transport == "websocket" else _refused_over_polling
+    await refuse(server, case[1], joined_first)
+    assert (await metrics(server))["abuse"]["binaryPacket"] == before + 1
+    entry = await server.wait_for_log(code="E3001", predicate=_reason("binaryPacket"))
+    assert entry["level"] == "warn"
+    await listener.expect_nothing(
+        "chat:message",
+        within=0.2,
+        predicate=lambda m: m["content"] == "after the binary input",
+    )
+    await assert_undisturbed(bystander, listener, f"after {case[0]} over {transport}")
+
+
+async def test_binary_event_from_the_official_client_closes_its_connection(
     bridge: Bridge, start_server: ServerFactory
 ) -> None:
-    """A binary event announcing a handful of attachments (what the official client sends for
-    a `Blob`) is answered on the event's own error channel, its attachments dropped; the socket
-    stays."""
+    """An event carrying a `Blob` (the official client sends it as a binary event with one
+    attachment) closes the sender's connection: the others see it leave, hear nothing of the
+    event, and go on; logged E3001 and counted once."""
     server = start_server(NODE_ENV="development")
     sender, listener = await pair(bridge, server)
+    mark = server.mark()
     await sender.emit("chat:message", {"content": "a file", "file": b"\x00\x01"})
-    assert "message" in await sender.wait_for("chat:error")
-    await assert_undisturbed(sender, listener, "after a binary event")
+    reason = await sender.wait_disconnect(timeout=5)
+    assert reason in {"transport close", "transport error"}, reason
+    assert await listener.wait_for("player:left") == {"id": sender.player_id}
+    await listener.expect_nothing(
+        "chat:message", within=0.2, predicate=lambda m: m["content"] == "a file"
+    )
+    entry = await server.wait_for_log(code="E3001", predicate=_reason("binaryPacket"), since=mark)
+    assert "connection closed" in entry["message"], entry
     assert (await metrics(server))["abuse"]["binaryPacket"] == 1
+    other = await joined(bridge, server, listener.space_id or "", "Other")
+    await assert_undisturbed(other, listener, "after a binary event")
 
 
 # -- per-address sessions and handshake rate ------------------------------------------------------
