@@ -246,6 +246,8 @@ class ClusterMember(Protocol):
 
     async def drop_reaped(self, entries: set[tuple[str, str, str]]) -> None: ...
 
+    async def party_lost(self, space_id: str, player_id: str, party_id: str) -> None: ...
+
     def submit_exit(self, event: Any) -> None: ...
 
     def socket_count(self) -> int: ...
@@ -354,6 +356,8 @@ class NodeMonitor:
                 await self.member.depart_ghost(gone, "disconnect:unknown", log_exit=False)
             for event in restored.exits:
                 self.member.submit_exit(event)
+            for space_id, player_id, party_id in restored.lost_parties:
+                await self.member.party_lost(space_id, player_id, party_id)
         if self._down_logged:
             self._down_logged = False
             log.info(

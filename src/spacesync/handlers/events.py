@@ -806,9 +806,12 @@ class SpaceServer:
     ) -> None:
         """Everything that follows a player leaving a space: parties, notices, the EXIT."""
         player_id = identity.player_id
+        departures: list[Departure] = []
         try:
-            async with self.store.parties(space_id) as parties:
-                departures = parties.leave_all(player_id)
+            # The party lock only for a player in a party: departures do not queue on it.
+            if await self.store.in_parties(space_id, player_id):
+                async with self.store.parties(space_id) as parties:
+                    departures = parties.leave_all(player_id)
         except StoreUnavailable:
             departures = []
         for departure in departures:
@@ -871,6 +874,10 @@ class SpaceServer:
 
     def submit_exit(self, event: Any) -> None:
         self.exits.hold_soon(event)
+
+    async def party_lost(self, space_id: str, player_id: str, party_id: str) -> None:
+        """A party membership this node could not write back after Redis lost it."""
+        await self.out.to_players(space_id, [player_id], "party:left", {"partyId": party_id})
 
     async def announce_restored(self, space_id: str, player: PlayerState) -> None:
         """A player of this node the others did not know of (after a Redis outage)."""

@@ -81,6 +81,10 @@ class StateStore(Protocol):
     def parties(self, space_id: str) -> AbstractAsyncContextManager[SpaceParties]:
         """Exclusive access to a space's parties for one operation."""
 
+    async def in_parties(self, space_id: str, player_id: str) -> bool:
+        """Whether the player may be in a party of the space or invited to one (when False,
+        a departure has nothing to take out of the parties)."""
+
     async def allow_chat(self, player_id: str, content: str, now: float) -> ChatDecision: ...
 
     async def space_sizes(self) -> dict[str, int]: ...

@@ -109,6 +109,9 @@ class MemoryStore:
     async def set_proximity(self, space_id: str, enabled: bool) -> None:
         self._proximity[space_id] = enabled
 
+    async def in_parties(self, space_id: str, player_id: str) -> bool:
+        return space_id in self._parties
+
     @asynccontextmanager
     async def parties(self, space_id: str) -> AsyncIterator[SpaceParties]:
         parties = self._parties.get(space_id)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from redis.exceptions import RedisError
 
 from ..domain.chat import ChatDecision, ChatRateLimiter
 from ..domain.identity import Identity, nickname_key
-from ..domain.parties import SpaceParties
+from ..domain.parties import Party, SpaceParties
 from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
 from ..integrations.app_api import MAX_EXIT_AGE, ClaimedStay, ExitEvent, token_digest
 from .base import Departed, JoinResult, StoreUnavailable
@@ -47,6 +48,8 @@ PREFIX = "spacesync:"
 POSITION_WRITE_SECONDS = 0.05
 CHAT_HISTORY_MS = 60_000
 PARTY_LOCK_SECONDS = 5.0
+PARTY_LOCK_POLL = 0.01
+"""Seconds between tries for a busy party lock (the holder keeps it for a round trip or two)."""
 SEP = "\x1f"
 T = TypeVar("T")
 HELD_MEMORY_MS = int(MAX_EXIT_AGE * 1000)
@@ -124,6 +127,27 @@ return 1
 """
 
 
+# Proximity with the Redis time of its change: a node writing back its copy after Redis lost
+# its data replaces only an older (or missing) value, so a stale copy never wins.
+_SET_PROXIMITY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], now)
+return now
+"""
+
+_RESTORE_PROXIMITY = """
+local at = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if redis.call('EXISTS', KEYS[1]) == 0 or tonumber(ARGV[2]) > at then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 _HOLD = """
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'startedAt', ARGV[2], 'stay', KEYS[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -179,6 +203,9 @@ class Restored:
     """Players who left while Redis was unreachable; the others were not told."""
     exits: list[Any] = field(default_factory=list)
     """Held EXITs that are this node's to log."""
+    lost_parties: list[tuple[str, str, str]] = field(default_factory=list)
+    """``(space, player, party)``: memberships of this node's players that could not be
+    written back (the party is full now, or the player is in another one of its kind)."""
 
 
 class SpaceWatcher(Protocol):
@@ -234,6 +261,12 @@ def decode_player(entry: Any, position: Any) -> tuple[PlayerState, str | None] |
     return player, node
 
 
+async def _direct(call: Callable[[], Awaitable[T]]) -> T:
+    """Run a Redis call as it is (errors propagate): for writing state back, which happens
+    before the store is marked healthy again."""
+    return await call()
+
+
 def _roster(entries: list[Any], positions: list[Any]) -> list[PlayerState]:
     where = {positions[i]: positions[i + 1] for i in range(0, len(positions), 2)}
     players = []
@@ -258,6 +291,8 @@ class RedisStore:
         self._deferred_exits: dict[tuple[str, str, str], Any] = {}
         self._joined_offline: set[tuple[str, str]] = set()
         self._proximity: dict[str, bool] = {}
+        self._proximity_at: dict[str, int] = {}
+        self._party_copy: dict[str, SpaceParties] = {}
         self._chat = ChatRateLimiter()
         self._dirty: dict[str, set[str]] = {}
         self._write_scheduled = False
@@ -270,6 +305,8 @@ class RedisStore:
         self._hold = client.register_script(_HOLD)
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
+        self._set_proximity = client.register_script(_SET_PROXIMITY)
+        self._restore_proximity = client.register_script(_RESTORE_PROXIMITY)
 
     # -- health --------------------------------------------------------------------------------
 
@@ -372,7 +409,8 @@ class RedisStore:
             self._dirty.get(space_id, set()).discard(player_id)
             if not local:
                 del self._local[space_id]
-                self._proximity.pop(space_id, None)
+                if self.healthy:  # else kept to write the space's state back later
+                    self._forget_space(space_id)
                 if self.watcher is not None:
                     await self.watcher.unwatch(space_id)
         try:
@@ -414,8 +452,15 @@ class RedisStore:
             del local[player_id]
             if not local:
                 del self._local[space_id]
+                self._forget_space(space_id)
                 if self.watcher is not None:
                     self._spawn(self.watcher.unwatch(space_id))
+
+    def _forget_space(self, space_id: str) -> None:
+        """Drop the copies kept of a space this node no longer serves."""
+        self._proximity.pop(space_id, None)
+        self._proximity_at.pop(space_id, None)
+        self._party_copy.pop(space_id, None)
 
     async def continue_stay(
         self, space_id: str, player_id: str, sid: str, started_at: float
@@ -614,34 +659,70 @@ class RedisStore:
             )
         return player
 
+    def _proximity_keys(self, space_id: str) -> list[str]:
+        name = key("space", space_id, "proximity")
+        return [name, name + ":at"]
+
     async def proximity(self, space_id: str) -> bool:
+        names = self._proximity_keys(space_id)
         try:
-            value = await self._shared(lambda: self.redis.get(key("space", space_id, "proximity")))
+            value, at = await self._shared(lambda: self.redis.mget(names))
         except StoreUnavailable:
             return self._proximity.get(space_id, False)
+        if value is None and space_id in self._proximity:
+            # Redis lost it (restarted empty) before this node wrote its copy back.
+            enabled = self._proximity[space_id]
+            with contextlib.suppress(StoreUnavailable):
+                await self._shared(lambda: self._write_back_proximity(space_id))
+            return enabled
         enabled = value == b"1"
         if space_id in self._local:
             self._proximity[space_id] = enabled
+            with contextlib.suppress(ValueError, TypeError):
+                self._proximity_at[space_id] = int(at or 0)
         return enabled
 
     async def set_proximity(self, space_id: str, enabled: bool) -> None:
-        await self._shared(
-            lambda: self.redis.set(key("space", space_id, "proximity"), "1" if enabled else "0")
+        at = await self._shared(
+            lambda: self._set_proximity(
+                keys=self._proximity_keys(space_id), args=["1" if enabled else "0"]
+            )
         )
         self._proximity[space_id] = enabled
+        self._proximity_at[space_id] = int(at)
+
+    async def _write_back_proximity(self, space_id: str) -> None:
+        enabled = self._proximity[space_id]
+        at = self._proximity_at.get(space_id, 0)
+        await self._restore_proximity(
+            keys=self._proximity_keys(space_id), args=["1" if enabled else "0", at]
+        )
 
     @asynccontextmanager
     async def parties(self, space_id: str) -> AsyncIterator[SpaceParties]:
+        async with self._locked_parties(space_id, self._shared) as parties:
+            yield parties
+
+    @asynccontextmanager
+    async def _locked_parties(
+        self, space_id: str, run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+    ) -> AsyncIterator[SpaceParties]:
+        """The space's parties under its lock, saved on exit; ``run`` runs each Redis call
+        (:meth:`_shared`, or :func:`_direct` while writing this node's state back)."""
         name = key("space", space_id, "parties")
         lock = self.redis.lock(
-            name + ":lock", timeout=PARTY_LOCK_SECONDS, blocking_timeout=PARTY_LOCK_SECONDS
+            name + ":lock",
+            timeout=PARTY_LOCK_SECONDS,
+            sleep=PARTY_LOCK_POLL,
+            blocking_timeout=PARTY_LOCK_SECONDS,
         )
-        acquired = await self._shared(lock.acquire)
+        acquired = await run(lock.acquire)
         if not acquired:
             raise StoreUnavailable("parties are busy")
         try:
-            raw = await self._shared(lambda: self.redis.get(name))
+            raw = await run(lambda: self.redis.get(name))
             parties = SpaceParties.from_dict(orjson.loads(raw)) if raw else SpaceParties()
+            self._rebuild_parties(space_id, parties)
             yield parties
             data = parties.to_dict()
             count = len(parties.parties)
@@ -658,10 +739,108 @@ class RedisStore:
                         pipe.hdel(key("party-counts"), space_id)
                     await pipe.execute()
 
-            await self._shared(save)
+            await run(save)
+            if space_id in self._local or space_id in self._party_copy:
+                self._party_copy[space_id] = parties
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
                 await lock.release()
+
+    async def in_parties(self, space_id: str, player_id: str) -> bool:
+        """Whether the player may be in a party of the space or invited to one; a departure
+        takes the party lock only then. Read without the lock: nobody but the player (through
+        this node, or the node that removes it) makes it a member."""
+        copy = self._party_copy.get(space_id)
+        if copy is not None and copy.memberships(player_id):
+            return True
+        raw = await self._shared(lambda: self.redis.get(key("space", space_id, "parties")))
+        if not raw or orjson.dumps(player_id) not in raw:
+            return False
+        parties = SpaceParties.from_dict(orjson.loads(raw))
+        return bool(parties.memberships(player_id)) or any(
+            target == player_id for _, target in parties.invitations
+        )
+
+    def _rebuild_parties(self, space_id: str, parties: SpaceParties) -> list[tuple[str, str]]:
+        """Put back into ``parties`` (read from Redis) the memberships this node's players have
+        in its copy but Redis lost (it restarted empty); returns ``(player, party)`` of those
+        that cannot be put back.
+
+        Only a player's own actions, which go through its node, or its departure make it a
+        member or not, so a membership missing from Redis but in the copy was lost, not left.
+        Players who left while Redis was unreachable are put back too: their departure, handled
+        once Redis answers, then removes them and tells the other members.
+        """
+        copy = self._party_copy.get(space_id)
+        if copy is None:
+            return []
+        keep = set(self._local.get(space_id, ()))
+        keep.update(p for s, p in self._left_offline if s == space_id)
+        lost: list[tuple[str, str]] = []
+        for known in copy.parties.values():
+            mine = [m for m in known.members.values() if m.id in keep]
+            if not mine:
+                continue
+            party = parties.parties.get(known.id)
+            if party is not None and party.kind != known.kind:
+                lost += [(m.id, known.id) for m in mine]
+                continue
+            if party is None:
+                party = Party(known.id, known.name, known.kind, known.leader_id)
+            index = parties.zone_of if known.kind == "zone" else parties.invite_party_of
+            order = list(known.members)
+            for member in mine:
+                if member.id in party.members:
+                    continue
+                elsewhere = index.get(member.id)
+                if (elsewhere is not None and elsewhere != known.id) or party.full:
+                    lost.append((member.id, known.id))
+                    continue
+                # Back in its place by seniority: before the first member it joined before.
+                later = set(order[order.index(member.id) + 1 :])
+                items = list(party.members.items())
+                at = next((i for i, (pid, _) in enumerate(items) if pid in later), len(items))
+                items.insert(at, (member.id, member))
+                party.members = dict(items)
+                index[member.id] = known.id
+            if party.members:
+                parties.parties[known.id] = party
+        return lost
+
+    async def _restore_parties(self, space_id: str, now: float) -> list[tuple[str, str]]:
+        """Write this node's copy of the space's parties back (memberships of its players,
+        the parties they are in, and invitations from or to them that are still open)."""
+        copy = self._party_copy.get(space_id)
+        if copy is None:
+            return []
+        name = key("space", space_id, "parties")
+        raw = await self.redis.get(name)
+        if raw and not self._parties_lost(copy, SpaceParties.from_dict(orjson.loads(raw))):
+            return []
+        lost: list[tuple[str, str]] = []
+        async with self._locked_parties(space_id, _direct) as parties:
+            lost = self._rebuild_parties(space_id, parties)
+            mine = set(self._local.get(space_id, ()))
+            for (party_id, target), invitation in copy.invitations.items():
+                if (
+                    invitation.expires_at > now
+                    and (target in mine or invitation.inviter_id in mine)
+                    and party_id in parties.parties
+                    and target not in parties.parties[party_id].members
+                ):
+                    parties.invitations.setdefault((party_id, target), invitation)
+        return lost
+
+    def _parties_lost(self, copy: SpaceParties, parties: SpaceParties) -> bool:
+        """Whether Redis misses a membership of one of this node's players (or the space)."""
+        keep = {p for players in self._local.values() for p in players}
+        keep.update(p for _, p in self._left_offline)
+        for party in copy.parties.values():
+            current = parties.parties.get(party.id)
+            for member_id in party.members:
+                if member_id in keep and (current is None or member_id not in current.members):
+                    return True
+        return False
 
     async def allow_chat(self, player_id: str, content: str, now: float) -> ChatDecision:
         name = key("chat", player_id)
@@ -772,6 +951,17 @@ class RedisStore:
                 )
                 if outcome == 1:
                     restored.added.append((space_id, player))
+        # Parties before the departures below: a player who left meanwhile is put back in its
+        # parties first, so that its departure tells the other members.
+        now = time.time()
+        for space_id in list(self._party_copy):
+            try:
+                lost = await self._restore_parties(space_id, now)
+            except StoreUnavailable as exc:  # the lock stayed busy
+                raise ConnectionError("parties could not be written back") from exc
+            restored.lost_parties += [(space_id, p, party) for p, party in lost]
+        for space_id in list(self._proximity):
+            await self._write_back_proximity(space_id)
         while self._left_offline:
             (space_id, player_id), player = self._left_offline.popitem()
             event = self._deferred_exits.pop((space_id, player_id, player.sid), None)
@@ -788,10 +978,8 @@ class RedisStore:
                 restored.exits.append(event)
         self._deferred_exits.clear()
         self._joined_offline.clear()
-        for space_id, enabled in self._proximity.items():
-            await self.redis.set(
-                key("space", space_id, "proximity"), "1" if enabled else "0", nx=True
-            )
+        for space_id in [s for s in self._party_copy if s not in self._local]:
+            self._forget_space(space_id)
         if reaped:
             await self.redis.delete(reaped_key(self.node))
         return restored
