@@ -39,6 +39,9 @@ HEARTBEAT_SECONDS = 2.0
 DEAD_AFTER_SECONDS = 10.0
 """A node whose heartbeat is older than this is dead: with the heartbeat period and the check
 period, a killed node is noticed within 12 s (SPEC §9 asks for 15 s)."""
+DOUBT_AFTER_SECONDS = DEAD_AFTER_SECONDS / 2
+"""A node whose last confirmed heartbeat is older than this (it was frozen, or its event loop
+stalled) shares nothing until its next heartbeat says whether the others removed its players."""
 RETRY_SECONDS = 0.5
 REAPED_MEMORY_SECONDS = 24 * 3600
 MAX_PENDING_PUBLISHES = 50_000
@@ -85,6 +88,8 @@ class ClusterBus:
         self.dropped = 0
         self.connected = False
         self._origin = node.encode()
+        self.in_doubt: Callable[[], bool] | None = None
+        self._doubtful: deque[tuple[str, bytes]] = deque()
         self._spaces: set[str] = set()
         self._pubsub: Any = None
         self._outbox: deque[tuple[str, bytes]] = deque()
@@ -141,7 +146,27 @@ class ClusterBus:
         if not self.connected or len(self._outbox) >= MAX_PENDING_PUBLISHES:
             self.dropped += 1
             return
+        if self.in_doubt is not None and self.in_doubt():
+            # Perhaps from players the others removed as dead: held for the next heartbeat.
+            if len(self._doubtful) >= MAX_PENDING_PUBLISHES:
+                self.dropped += 1
+            else:
+                self._doubtful.append((channel, message))
+            return
         self._outbox.append((channel, message))
+        self._wake.set()
+
+    def settle_doubt(self, drop: bool) -> None:
+        """A heartbeat confirmed this node: send what was held meanwhile, or drop it if the
+        others had declared the node dead (its players were removed and told to everyone)."""
+        if not self._doubtful:
+            return
+        if drop:
+            self.dropped += len(self._doubtful)
+            self._doubtful.clear()
+            return
+        self._outbox.extend(self._doubtful)
+        self._doubtful.clear()
         self._wake.set()
 
     async def _publisher(self) -> None:
@@ -277,6 +302,8 @@ class NodeMonitor:
         self._task: asyncio.Task[None] | None = None
         self._down_logged = False
         store.on_down = self._on_down
+        store.doubt_after = DOUBT_AFTER_SECONDS
+        bus.in_doubt = store.in_doubt
 
     def _on_down(self, exc: BaseException) -> None:
         self._connected_since = None
@@ -325,17 +352,21 @@ class NodeMonitor:
                 keys=[key("nodes"), key("node-index"), key("node", self.node)],
                 args=[self.node, figures, int(DEAD_AFTER_SECONDS * 3000)],
             )
-            if added or not self.store.healthy:
-                await self._restore()
+            reaped = False
+            if added or not self.store.healthy or self.store.pending_offline():
+                reaped = await self._restore()
         except REDIS_ERRORS as exc:
             self.store.mark_down(exc)
             return
         if not self.store.healthy:
             self.store.healthy = True
+        self.store.confirmed_at = time.monotonic()
+        self.bus.settle_doubt(drop=reaped)
         if self._connected_since is None:
             self._connected_since = time.monotonic()
 
-    async def _restore(self) -> None:
+    async def _restore(self) -> bool:
+        """Write this node's state back; True if the others had removed its players."""
         reaped = await self.store.reaped_here()
         if reaped and self.member is not None:
             # The others declared this node dead (it was cut off): they removed these players,
@@ -366,6 +397,7 @@ class NodeMonitor:
                 restored=len(restored.added),
                 departed=len(restored.departed),
             )
+        return bool(reaped)
 
     async def _reap_predecessors(self) -> None:
         """Earlier lives of this node (same name and port) are dead: remove their players now."""

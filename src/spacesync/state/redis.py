@@ -292,6 +292,8 @@ class RedisStore:
         self._joined_offline: set[tuple[str, str]] = set()
         self._proximity: dict[str, bool] = {}
         self._proximity_at: dict[str, int] = {}
+        self.doubt_after: float | None = None
+        self.confirmed_at: float | None = None
         self._party_copy: dict[str, SpaceParties] = {}
         self._chat = ChatRateLimiter()
         self._dirty: dict[str, set[str]] = {}
@@ -311,14 +313,29 @@ class RedisStore:
     # -- health --------------------------------------------------------------------------------
 
     async def _shared(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation; raises :class:`StoreUnavailable` while Redis is away."""
-        if not self.healthy:
+        """Run one Redis operation; raises :class:`StoreUnavailable` while Redis is away, and
+        while this node may have been declared dead (see :meth:`in_doubt`)."""
+        if not self.healthy or self.in_doubt():
             raise StoreUnavailable("shared state is unavailable")
         try:
             return await call()
         except REDIS_ERRORS as exc:
             self.mark_down(exc)
             raise StoreUnavailable("shared state is unavailable") from exc
+
+    def in_doubt(self) -> bool:
+        """True when this node has not confirmed its heartbeat for ``doubt_after`` seconds (it
+        was frozen, or its event loop stalled): the others may have declared it dead and removed
+        its players, so nothing its players do is shared until the next heartbeat says whether
+        they were (then they are dropped) or not."""
+        if self.doubt_after is None:
+            return False
+        confirmed = self.confirmed_at
+        return confirmed is None or time.monotonic() - confirmed > self.doubt_after
+
+    def pending_offline(self) -> bool:
+        """Whether players came or went while shared state was not used (to write back)."""
+        return bool(self._left_offline or self._joined_offline)
 
     def mark_down(self, exc: BaseException) -> None:
         if self.healthy:
