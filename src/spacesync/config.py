@@ -14,6 +14,8 @@ DEFAULT_PORT = 3001
 DEFAULT_APP_URL = "http://localhost:3000"
 ALWAYS_ALLOWED_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOCALES = ("en", "ko")
+"""Languages of the texts players read (notices, error messages); see ``spacesync.texts``."""
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,8 @@ class Settings:
     """Seconds a client may take to send a request's headers."""
     trusted_proxies: tuple[str, ...] = ()
     """Addresses of proxies whose ``X-Forwarded-For`` names the real client."""
+    locale: str = "en"
+    """Language of system notices and error messages players read (``en`` or ``ko``)."""
 
     @property
     def environment(self) -> str:
@@ -141,6 +145,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     hostname = env.get("HOSTNAME", "").strip() or socket.gethostname()
 
+    raw_locale = env.get("LOCALE", "").strip()
+    locale = raw_locale.lower() or "en"
+    if locale not in LOCALES:
+        raise ConfigError(f"LOCALE must be one of {', '.join(LOCALES)}, got {raw_locale!r}")
+
     outbox = env.get("EXIT_OUTBOX_PATH", "").strip()
     if not outbox:
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", hostname)[:64] or "node"
@@ -181,6 +190,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         internal_api_token=env.get("INTERNAL_API_TOKEN", "").strip() or None,
         header_timeout=_seconds(env, "HEADER_READ_TIMEOUT", 10.0, minimum=0.1),
         trusted_proxies=proxies,
+        locale=locale,
     )
 
 
