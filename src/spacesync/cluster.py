@@ -24,7 +24,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from .observability.logging import log
-from .state.base import Departed
+from .state.base import Departed, StoreUnavailable
 from .state.redis import (
     PREFIX,
     REDIS_ERRORS,
@@ -44,6 +44,9 @@ DOUBT_AFTER_SECONDS = DEAD_AFTER_SECONDS / 2
 stalled) shares nothing until its next heartbeat says whether the others removed its players."""
 RETRY_SECONDS = 0.5
 REAPED_MEMORY_SECONDS = 24 * 3600
+RECONCILE_SECONDS = 10.0
+"""How often a node compares its roster entries with its live sockets (an entry without a
+socket is removed at its second sighting, so within two periods)."""
 MAX_PENDING_PUBLISHES = 50_000
 
 _HEARTBEAT = """
@@ -277,6 +280,8 @@ class ClusterMember(Protocol):
 
     def socket_count(self) -> int: ...
 
+    def holds_socket(self, space_id: str, player_id: str, sid: str) -> bool: ...
+
 
 class NodeMonitor:
     """This node's heartbeat, the detection of dead nodes, and Redis outages."""
@@ -301,6 +306,8 @@ class NodeMonitor:
         self._connected_since: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._down_logged = False
+        self._orphans: set[tuple[str, str, str]] = set()
+        self._reconciled_at = time.monotonic()
         store.on_down = self._on_down
         store.doubt_after = DOUBT_AFTER_SECONDS
         bus.in_doubt = store.in_doubt
@@ -330,6 +337,11 @@ class NodeMonitor:
                 await self.beat()
                 if self.store.healthy:
                     await self._reap_dead()
+                if self.store.healthy and time.monotonic() - self._reconciled_at >= (
+                    RECONCILE_SECONDS
+                ):
+                    self._reconciled_at = time.monotonic()
+                    await self._reconcile()
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:
@@ -398,6 +410,46 @@ class NodeMonitor:
                 departed=len(restored.departed),
             )
         return bool(reaped)
+
+    async def _reconcile(self) -> None:
+        """Remove what this node wrote for players whose socket it no longer has.
+
+        Every roster entry has an owner that removes it: the node holding its socket, or the
+        others once that node is dead (:meth:`_reap`). On a live node an entry could still
+        outlive its socket if its departure went astray (a failure half-way through it), and
+        nothing would ever remove it: no TTL, and the node keeps beating. So the node compares
+        its entries (in Redis and in its own copy) with its live sockets; one without a socket
+        at two passes in a row (not a join or leave under way) is removed like a dead node's
+        player: ``player:left`` for everyone, its EXIT logged once.
+        """
+        member = self.member
+        if member is None:
+            return
+        index = await self.redis.hgetall(node_index_key(self.node))
+        entries = set()
+        for field, sid in index.items():
+            space_id, _, player_id = field.decode().partition(SEP)
+            entries.add((space_id, player_id, sid.decode()))
+        entries.update((s, p.id, p.sid) for s, p in self.store.local_players())
+        orphans = {entry for entry in entries if not member.holds_socket(*entry)}
+        confirmed, self._orphans = orphans & self._orphans, orphans - self._orphans
+        removed = 0
+        for space_id, player_id, sid in confirmed:
+            self.store.forget_local(space_id, player_id, sid)
+            try:
+                departed = await self.store.remove_for(space_id, player_id, sid)
+            except StoreUnavailable:
+                return
+            if departed is not None:
+                removed += 1
+                await member.depart_ghost(departed, "disconnect:unknown", log_exit=True)
+        if confirmed:
+            log.warn(
+                "E2006",
+                "Roster entries without a live socket on this node were removed",
+                entries=len(confirmed),
+                playersRemoved=removed,
+            )
 
     async def _reap_predecessors(self) -> None:
         """Earlier lives of this node (same name and port) are dead: remove their players now."""

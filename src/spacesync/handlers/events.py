@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -110,6 +110,8 @@ class SpaceServer:
         self.notices = NoticeThrottle()
         self._deferred_lines: dict[tuple[str, str], tuple[str, bool]] = {}
         self._line_tasks: set[asyncio.Task[None]] = set()
+        self._changing: set[str] = set()
+        """Sockets whose join or leave is under way (see :meth:`holds_socket`)."""
         self._departing = 0
         self._departures_done = asyncio.Event()
         self._departures_done.set()
@@ -471,7 +473,8 @@ class SpaceServer:
         else:
             self.per_address.pop(session.address, None)
         why = session.closing_reason or f"disconnect:{reason or 'unknown'}"
-        if session.joined and session.closing_reason not in ("replaced", "reaped"):
+        if session.closing_reason not in ("replaced", "reaped"):
+            # Also when not joined yet: a join under way finishes first (see _membership).
             try:
                 await self._tracked_leave(session, why, connected=False)
             except Exception as exc:
@@ -563,6 +566,46 @@ class SpaceServer:
             return  # disconnected while the app was verifying
         if await self._over_keyed_limit(session, "join:space", JOIN_PLAYER, identity.player_id):
             return
+        async with self._membership(session):
+            if self.sessions.get(session.sid) is not session or session.closing_reason:
+                return  # closed while an earlier join or leave of this socket ran
+            await self._enter(session, join, identity)
+
+    @contextlib.asynccontextmanager
+    async def _membership(self, session: Session) -> AsyncIterator[None]:
+        """One join, leave or departure of a socket at a time.
+
+        In a cluster each of them awaits Redis several times. Two joins sent together (two
+        long-polling requests at once) would otherwise both see the socket in no space and
+        put it in two; a disconnect arriving while a join awaits Redis would find nothing to
+        leave, and the join would then list a player whose socket is gone, for ever. The
+        departure at disconnect waits here for the join under way, then removes the player.
+        """
+        await session.membership.acquire()
+        session.membership_holder = asyncio.current_task()
+        self._changing.add(session.sid)
+        try:
+            yield
+        finally:
+            self._changing.discard(session.sid)
+            session.membership_holder = None
+            session.membership.release()
+
+    def holds_socket(self, space_id: str, player_id: str, sid: str) -> bool:
+        """Whether ``sid`` is a live socket of this node joined to ``space_id`` as
+        ``player_id``, or one whose join or leave is under way (its entry may be changing)."""
+        if sid in self._changing:
+            return True
+        session = self.sessions.get(sid)
+        return (
+            session is not None
+            and session.space_id == space_id
+            and session.identity is not None
+            and session.identity.player_id == player_id
+        )
+
+    async def _enter(self, session: Session, join: protocol.JoinSpace, identity: Identity) -> None:
+        """The join itself, under the socket's :meth:`_membership`."""
         if session.joined:
             same = session.space_id == join.space_id and (
                 session.identity is not None and session.identity.player_id == identity.player_id
@@ -577,6 +620,11 @@ class SpaceServer:
         except Exception as exc:
             log.error("E2004", "Joining the space failed", exc=exc, **session.context())
             await self._safe_error(session, "Could not join the space", "JOIN_FAILED")
+            return
+        if result.replaced_sid is None and self.sessions.get(session.sid) is not session:
+            # Closed while Redis wrote the entry: undone before anyone was told. (A join that
+            # took over an older socket goes on; the departure at disconnect then follows.)
+            await self._undo_join(join.space_id, identity.player_id, session.sid)
             return
         identity = await self._distinct_nickname(join.space_id, result)
         session.identity = identity
@@ -650,6 +698,18 @@ class SpaceServer:
             player.identity = replace(player.identity, nickname=nickname)
             await self.store.update_identity(space_id, player.identity)
         return player.identity
+
+    async def _undo_join(self, space_id: str, player_id: str, sid: str) -> None:
+        """Remove the entry of a join whose socket closed before it was announced. No EXIT
+        (the stay never began) and no notice; only ``player:left``, for a newcomer whose
+        ``room:joined`` may have listed the entry meanwhile."""
+        try:
+            removed = await self.store.leave(space_id, player_id, sid)
+        except StoreUnavailable:
+            return  # held by the store and settled when Redis answers again
+        if removed is not None:
+            await self.out.to_space(space_id, "player:left", {"id": player_id}, about=player_id)
+        log.info("I2003", "Join undone: the socket closed first", socketId=sid, spaceId=space_id)
 
     async def _presence_line(
         self,
@@ -764,7 +824,13 @@ class SpaceServer:
         self._departing += 1
         self._departures_done.clear()
         try:
-            await self._leave(session, reason, connected=connected)
+            if session.membership_holder is asyncio.current_task():
+                await self._leave(session, reason, connected=connected)  # closed by itself
+                return
+            async with self._membership(session):
+                if not connected and session.closing_reason in ("replaced", "reaped"):
+                    return  # taken over (or removed by the others) while waiting
+                await self._leave(session, reason, connected=connected)
         finally:
             self._departing -= 1
             if not self._departing:

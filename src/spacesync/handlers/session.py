@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..domain.identity import Identity
 from ..domain.limits import SocketLimits
@@ -36,6 +38,13 @@ class Session:
     """Set when the server closes the socket on purpose (duplicate session, shutdown)."""
     limits: SocketLimits = field(default_factory=SocketLimits)
     """Rate-limit state of this socket: it goes when the socket goes."""
+    membership: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by a join, a leave or the departure at disconnect: in a cluster each awaits Redis
+    several times, and two of them interleaved could leave the socket in two spaces, or a
+    player listed for a socket that is gone."""
+    membership_holder: asyncio.Task[Any] | None = None
+    """The task holding :attr:`membership` (a socket closed from inside its own join does
+    not wait for itself)."""
 
     @property
     def joined(self) -> bool:
