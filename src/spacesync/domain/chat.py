@@ -67,6 +67,22 @@ class ChatDecision:
     retry_after: int = 0
 
 
+def normalized_content(content: str) -> str:
+    """What "the same message" compares: case and surrounding blanks do not count."""
+    return content.strip().casefold()
+
+
+def too_fast(seconds_left: float) -> ChatDecision:
+    """The refusal of a message over the limit, ``seconds_left`` before the oldest counted
+    message leaves the window."""
+    wait = max(1, math.ceil(seconds_left))
+    unit = "second" if wait == 1 else "seconds"
+    return ChatDecision(False, f"You are sending messages too fast. Wait {wait} {unit}.", wait)
+
+
+REPEATED = ChatDecision(False, "Please don't repeat the same message.")
+
+
 class ChatRateLimiter:
     """At most five accepted messages per player in any five-second window; no third repeat.
 
@@ -92,14 +108,10 @@ class ChatRateLimiter:
         while accepted and now - accepted[0] >= self.window:
             accepted.popleft()
         if len(accepted) >= self.limit:
-            wait = max(1, math.ceil(accepted[0] + self.window - now))
-            unit = "second" if wait == 1 else "seconds"
-            return ChatDecision(
-                False, f"You are sending messages too fast. Wait {wait} {unit}.", wait
-            )
-        normalized = content.strip().casefold()
+            return too_fast(accepted[0] + self.window - now)
+        normalized = normalized_content(content)
         if normalized == history.last_content and history.repeats >= self.max_identical:
-            return ChatDecision(False, "Please don't repeat the same message.")
+            return REPEATED
         if normalized == history.last_content:
             history.repeats += 1
         else:

@@ -37,7 +37,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..domain.chat import ChatDecision, ChatRateLimiter
+from ..domain.chat import (
+    REPEATED,
+    ChatDecision,
+    ChatRateLimiter,
+    normalized_content,
+    too_fast,
+)
 from ..domain.identity import Identity, nickname_key
 from ..domain.parties import Party, SpaceParties
 from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
@@ -106,6 +112,45 @@ redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. ARGV[1], ARGV[6])
 if cur then return 0 end
 return 1
+"""
+
+# The chat limit of one player (SPEC §6), checked and counted in one step so that sockets on
+# several nodes cannot all pass it at once. Times are Redis time, the same for every node.
+# ARGV: normalised content, limit, window (s), identical messages allowed in a row, TTL (ms).
+# Returns {1 accepted | 0 too fast | 2 repeated, now, accepted times still in the window, the
+# last accepted message and how many times in a row it came}.
+_ALLOW_CHAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit, window, most = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local kept, last, repeats = {}, false, 0
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, h = pcall(cjson.decode, raw)
+  if ok and type(h) == 'table' then
+    if type(h[1]) == 'table' then
+      for _, at in ipairs(h[1]) do
+        at = tonumber(at)
+        if at and now - at < window then kept[#kept + 1] = at end
+      end
+    end
+    if type(h[2]) == 'string' then last = h[2] end
+    repeats = tonumber(h[3]) or 0
+  end
+end
+local verdict = 1
+if #kept >= limit then
+  verdict = 0
+elseif last == ARGV[1] and repeats >= most then
+  verdict = 2
+else
+  if last == ARGV[1] then repeats = repeats + 1 else last = ARGV[1]; repeats = 1 end
+  kept[#kept + 1] = now
+  redis.call('SET', KEYS[1], cjson.encode({kept, last, repeats}), 'PX', ARGV[5])
+end
+local times = {}
+for i, at in ipairs(kept) do times[i] = string.format('%.6f', at) end
+return {verdict, string.format('%.6f', now), times, last or '', repeats}
 """
 
 _SET_POSITIONS = """
@@ -296,6 +341,9 @@ class RedisStore:
         self.confirmed_at: float | None = None
         self._party_copy: dict[str, SpaceParties] = {}
         self._chat = ChatRateLimiter()
+        self._chat_counted: dict[str, tuple[list[float], float]] = {}
+        """Player -> (accepted message times in Redis time, the matching monotonic offset):
+        a player already at the limit is refused without asking Redis."""
         self._dirty: dict[str, set[str]] = {}
         self._write_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -303,6 +351,7 @@ class RedisStore:
         self._leave = client.register_script(_LEAVE)
         self._restore = client.register_script(_RESTORE)
         self._set_positions = client.register_script(_SET_POSITIONS)
+        self._allow_chat = client.register_script(_ALLOW_CHAT)
         self._set_entry = client.register_script(_SET_ENTRY)
         self._hold = client.register_script(_HOLD)
         self._claim = client.register_script(_CLAIM)
@@ -860,20 +909,49 @@ class RedisStore:
         return False
 
     async def allow_chat(self, player_id: str, content: str, now: float) -> ChatDecision:
-        name = key("chat", player_id)
+        """The chat limit per player across the cluster, checked and counted by one script
+        (a read then a write would let sockets on several nodes pass it together). While
+        Redis is away each node applies it alone to its own players."""
+        limiter = self._chat
+        window = limiter.window
+        counted = self._chat_counted.get(player_id)
+        if counted is not None:
+            # Messages Redis accepted are accepted for good: at the limit, no need to ask.
+            times, offset = counted
+            redis_now = time.monotonic() + offset
+            recent = [at for at in times if redis_now - at < window]
+            if len(recent) >= limiter.limit:
+                return too_fast(recent[0] + window - redis_now)
+        normalized = normalized_content(content)
         try:
-            raw = await self._shared(lambda: self.redis.get(name))
+            verdict, at, accepted, last, repeats = await self._shared(
+                lambda: self._allow_chat(
+                    keys=[key("chat", player_id)],
+                    args=[
+                        normalized,
+                        limiter.limit,
+                        repr(window),
+                        limiter.max_identical,
+                        CHAT_HISTORY_MS,
+                    ],
+                )
+            )
         except StoreUnavailable:
-            return self._chat.check(player_id, content, now)
-        limiter = ChatRateLimiter()
-        with contextlib.suppress(ValueError, TypeError):
-            limiter.restore(player_id, orjson.loads(raw) if raw else None)
-        decision = limiter.check(player_id, content, now)
-        self._chat.restore(player_id, limiter.export(player_id))
-        with contextlib.suppress(StoreUnavailable):
-            history = orjson.dumps(limiter.export(player_id))
-            await self._shared(lambda: self.redis.set(name, history, px=CHAT_HISTORY_MS))
-        return decision
+            return limiter.check(player_id, content, now)
+        redis_now = float(at)
+        times = [float(t) for t in accepted]
+        self._chat_counted[player_id] = (times, redis_now - time.monotonic())
+        # The node's own copy, should Redis go away.
+        last_content = last.decode() if isinstance(last, bytes) else str(last)
+        limiter.restore(
+            player_id, [[now - (redis_now - t) for t in times], last_content or None, repeats]
+        )
+        verdict = int(verdict)
+        if verdict == 1:
+            return ChatDecision(True)
+        if verdict == 2:
+            return REPEATED
+        return too_fast(times[0] + window - redis_now if times else window)
 
     async def space_sizes(self) -> dict[str, int]:
         async def read() -> dict[str, int]:
@@ -901,6 +979,10 @@ class RedisStore:
 
     async def housekeeping(self, now: float) -> None:
         self._chat.forget_idle(now)
+        horizon = time.monotonic() - self._chat.window
+        for player_id, (times, offset) in list(self._chat_counted.items()):
+            if not times or times[-1] - offset < horizon:
+                del self._chat_counted[player_id]
         if not self.healthy:
             return
         for space_id in list(self._local):
