@@ -356,6 +356,8 @@ class PostgresStorage(Storage):
             raise StorageUnavailable(f"PostgreSQL connection failed: {_describe(exc)}") from exc
         except asyncpg.PostgresError as exc:
             raise StorageError(f"PostgreSQL error: {_describe(exc)}") from exc
+        except Exception as exc:  # asyncpg's client-side errors (a connection in a bad state)
+            raise StorageUnavailable(f"PostgreSQL client error: {_describe(exc)}") from exc
 
     async def check_schema(self) -> None:
         """Raise :class:`SchemaError` naming every table, column, enum type or enum value
