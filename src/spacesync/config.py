@@ -14,6 +14,8 @@ DEFAULT_PORT = 3001
 DEFAULT_APP_URL = "http://localhost:3000"
 ALWAYS_ALLOWED_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+DEFAULT_STORAGE_PATH = ".spacesync/spacesync.sqlite3"
+DATABASE_SCHEMES = ("postgresql", "postgres")
 LOCALES = ("en", "ko")
 """Languages of the texts players read (notices, error messages); see ``spacesync.texts``."""
 
@@ -56,6 +58,10 @@ class Settings:
     """Seconds a client may take to send a request's headers."""
     trusted_proxies: tuple[str, ...] = ()
     """Addresses of proxies whose ``X-Forwarded-For`` names the real client."""
+    database_url: str | None = None
+    """FlowSpace's PostgreSQL database (``postgresql://``); unset: the SQLite file below."""
+    storage_path: str = DEFAULT_STORAGE_PATH
+    """SQLite file for chat history, moderation and map objects when there is no database."""
     locale: str = "en"
     """Language of system notices and error messages players read (``en`` or ``ko``)."""
 
@@ -191,6 +197,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         header_timeout=_seconds(env, "HEADER_READ_TIMEOUT", 10.0, minimum=0.1),
         trusted_proxies=proxies,
         locale=locale,
+        database_url=_database_url(env),
+        storage_path=_storage_path(env),
     )
 
 
@@ -214,3 +222,33 @@ def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float) 
     if not math.isfinite(value) or value < minimum or value > 86_400:
         raise ConfigError(f"{name} must be a number of seconds of at least {minimum}, got {raw!r}")
     return value
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """``DATABASE_URL``, the app's own (Prisma) connection string: PostgreSQL only, so that a
+    typo or a MySQL URL stops start-up instead of failing at the first chat message."""
+    raw = env.get("DATABASE_URL", "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ConfigError("DATABASE_URL is not a valid URL") from exc
+    has_host = bool(parts.hostname) or "host=" in parts.query
+    if parts.scheme not in DATABASE_SCHEMES or not has_host or any(ord(c) < 33 for c in raw):
+        # The URL carries a password: name the problem, never the value.
+        raise ConfigError(
+            "DATABASE_URL must be a postgresql://user:password@host:port/database URL"
+            f" (scheme {parts.scheme or 'missing'!r})"
+        )
+    return raw
+
+
+def _storage_path(env: Mapping[str, str]) -> str:
+    raw = env.get("STORAGE_PATH", "").strip()
+    if not raw:
+        return DEFAULT_STORAGE_PATH
+    if any(ord(c) < 32 for c in raw) or raw.endswith("/"):
+        raise ConfigError(f"STORAGE_PATH must be a file path, got {raw!r}")
+    return raw
