@@ -261,7 +261,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def user_exists(self, user_id: str) -> bool:
-        """Whether ``User.id`` exists (SQLite: whether the user was ever named to the CLI)."""
+        """Whether ``User.id`` exists (SQLite: whether a role, restriction or spotlight grant
+        ever named the user)."""
 
     @abc.abstractmethod
     async def is_super_admin(self, user_id: str) -> bool:
