@@ -160,6 +160,17 @@ def distinct_nickname(nickname: str, taken: Collection[str]) -> str:
     return nickname  # unreachable: len(taken) + 1 suffixes cannot all be taken
 
 
+def nickname_candidates(nickname: str, count: int) -> list[str]:
+    """``nickname`` then ``nickname (2)``, ``(3)``... (``count`` names in all), in the order
+    :func:`distinct_nickname` tries them: for a store that picks the first free one itself."""
+    plain = _SUFFIX_RE.sub("", _plain_nickname(nickname)) or _plain_nickname(nickname)
+    names = [nickname]
+    for number in range(2, count + 1):
+        suffix = f" ({number})"
+        names.append(escape_markup(plain[: MAX_NICKNAME - len(suffix)].rstrip() + suffix))
+    return names
+
+
 def same_name_with_suffix(current: str, requested: str) -> bool:
     """Whether ``current`` is what :func:`distinct_nickname` made of ``requested``."""
     match = _SUFFIX_RE.search(_plain_nickname(current))

@@ -1068,6 +1068,13 @@ class SpaceServer:
         assert session.space_id is not None and session.identity is not None
         _require_text(message)
         space_id, me = session.space_id, session.identity.player_id
+        if message.target_id == me:
+            await self._whisper_error(session, "You cannot whisper to yourself")
+            return
+        # The limit before the lookup: in a cluster a lookup reads Redis, so a flood of
+        # whispers must be refused before it costs anything.
+        if await self._rate_limited(session, message.content, "whisper:error"):
+            return
         if message.target_id is not None:
             target = await self.store.player(space_id, message.target_id)
             if target is None:
@@ -1087,8 +1094,6 @@ class SpaceServer:
             target = matches[0]
         if target.id == me:
             await self._whisper_error(session, "You cannot whisper to yourself")
-            return
-        if await self._rate_limited(session, message.content, "whisper:error"):
             return
         data = self._chat_data(
             session, message, targetId=target.id, targetNickname=target.identity.nickname
@@ -1119,11 +1124,11 @@ class SpaceServer:
     async def _party_chat(self, session: Session, message: ChatMessage) -> None:
         assert session.space_id is not None and session.identity is not None
         _require_text(message)
+        if await self._rate_limited(session, message.content, "party:error"):
+            return  # before the party lock, which a flood would otherwise keep busy
         async with self.store.parties(session.space_id) as parties:
             party = parties.member_party(session.identity.player_id, message.party_id)
             party_id, party_name, members = party.id, party.name, list(party.members)
-        if await self._rate_limited(session, message.content, "party:error"):
-            return
         data = self._chat_data(session, message, partyId=party_id, partyName=party_name)
         await self.out.to_players(session.space_id, members, "party:message", data)
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -44,7 +45,7 @@ from ..domain.chat import (
     normalized_content,
     too_fast,
 )
-from ..domain.identity import Identity, nickname_key
+from ..domain.identity import Identity, nickname_candidates, nickname_key
 from ..domain.parties import Party, SpaceParties
 from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
 from ..integrations.app_api import MAX_EXIT_AGE, ClaimedStay, ExitEvent, token_digest
@@ -57,6 +58,8 @@ PARTY_LOCK_SECONDS = 5.0
 PARTY_LOCK_POLL = 0.01
 """Seconds between tries for a busy party lock (the holder keeps it for a round trip or two)."""
 SEP = "\x1f"
+NAME_CANDIDATES = 20
+"""Names a join offers the script when its own is taken: "Ann", "Ann (2)" ... "Ann (20)"."""
 T = TypeVar("T")
 HELD_MEMORY_MS = int(MAX_EXIT_AGE * 1000)
 """How long a held EXIT's keys live if its node never settles it (they are deleted when it
@@ -64,20 +67,44 @@ does): far longer than any grace period, so a node back from a crash still finds
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
+# The entry (ARGV[2]) holds ARGV[8] where its nickname goes and ARGV[9] where its name key
+# goes; ARGV[10..] are candidate names, each its JSON string then its name key: the first not
+# held by another player of the space (KEYS[5], name key -> player) is claimed, in the same
+# step as the entry, so two joins on two nodes at once cannot both take a name.
 _JOIN = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local player, names = ARGV[1], KEYS[5]
+local chosen = #ARGV - 1
+for i = 10, #ARGV - 1, 2 do
+  local owner = redis.call('HGET', names, ARGV[i + 1])
+  if not owner or owner == player then chosen = i; break end
+end
+local name, name_key = ARGV[chosen], ARGV[chosen + 1]
+local entry = ARGV[2]
+local at = string.find(entry, ARGV[8], 1, true)
+entry = string.sub(entry, 1, at - 1) .. name .. string.sub(entry, at + #ARGV[8])
+at = string.find(entry, ARGV[9], 1, true)
+entry = string.sub(entry, 1, at - 1) .. cjson.encode(name_key) .. string.sub(entry, at + #ARGV[9])
+local old = redis.call('HGET', KEYS[1], player)
+redis.call('HSET', KEYS[1], player, entry)
 if old then
   local ok, dec = pcall(cjson.decode, old)
-  if ok and type(dec) == 'table' and dec['node'] and dec['node'] ~= ARGV[7] then
-    local index = ARGV[5] .. 'node:' .. dec['node'] .. ':players'
-    redis.call('HDEL', index, ARGV[3] .. '\\31' .. ARGV[1])
+  if ok and type(dec) == 'table' then
+    if dec['node'] and dec['node'] ~= ARGV[7] then
+      local index = ARGV[5] .. 'node:' .. dec['node'] .. ':players'
+      redis.call('HDEL', index, ARGV[3] .. '\\31' .. player)
+    end
+    local was = dec['nameKey']
+    if type(was) == 'string' and was ~= name_key and redis.call('HGET', names, was) == player then
+      redis.call('HDEL', names, was)
+    end
   end
 end
-redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[4])
+redis.call('HSET', names, name_key, player)
+redis.call('HSETNX', KEYS[2], player, ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. ARGV[1], ARGV[6])
-return {old or false, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. player, ARGV[6])
+return {old or false, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        (chosen - 10) / 2}
 """
 
 _LEAVE = """
@@ -91,9 +118,13 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 if dec['node'] then
   redis.call('HDEL', ARGV[4] .. 'node:' .. dec['node'] .. ':players', ARGV[3] .. '\\31' .. ARGV[1])
 end
+local name_key = dec['nameKey']
+if type(name_key) == 'string' and redis.call('HGET', KEYS[5], name_key) == ARGV[1] then
+  redis.call('HDEL', KEYS[5], name_key)
+end
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[3], ARGV[3])
-  redis.call('DEL', KEYS[2], KEYS[4])
+  redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
 end
 return {cur, pos or false}
 """
@@ -110,6 +141,10 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. ARGV[1], ARGV[6])
+local ok, mine = pcall(cjson.decode, ARGV[2])
+if ok and type(mine) == 'table' and type(mine['nameKey']) == 'string' then
+  redis.call('HSETNX', KEYS[5], mine['nameKey'], ARGV[1])
+end
 if cur then return 0 end
 return 1
 """
@@ -162,11 +197,24 @@ end
 return 0
 """
 
+# A player's new entry (profile update, longer stay); a new name's key is claimed in the
+# space's name index (KEYS[2]) unless another player took it in the same instant (the update
+# checked it just before; the entry is written either way, to match what everyone is told).
 _SET_ENTRY = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local ok, dec = pcall(cjson.decode, cur)
 if not ok or type(dec) ~= 'table' or dec['sid'] ~= ARGV[3] then return 0 end
+local was = dec['nameKey']
+local fine, new = pcall(cjson.decode, ARGV[2])
+local name_key = fine and type(new) == 'table' and new['nameKey'] or nil
+if type(name_key) == 'string' and name_key ~= was then
+  local owner = redis.call('HGET', KEYS[2], name_key)
+  if not owner or owner == ARGV[1] then redis.call('HSET', KEYS[2], name_key, ARGV[1]) end
+  if type(was) == 'string' and redis.call('HGET', KEYS[2], was) == ARGV[1] then
+    redis.call('HDEL', KEYS[2], was)
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
@@ -394,13 +442,20 @@ class RedisStore:
 
     # -- entries -------------------------------------------------------------------------------
 
-    def _entry(self, player: PlayerState) -> bytes:
+    def _entry(self, player: PlayerState, *, marker: str | None = None) -> bytes:
+        """The stored entry; with ``marker``, that stands in for the nickname and ``marker``
+        + "k" for its name key (for the join script, which picks the name)."""
+        identity = player.identity.to_dict()
+        name_key = nickname_key(player.identity.nickname)
+        if marker is not None:
+            identity["nickname"], name_key = marker, marker + "k"
         return orjson.dumps(
             {
-                "identity": player.identity.to_dict(),
+                "identity": identity,
                 "sid": player.sid,
                 "node": self.node,
                 "joinedAt": player.joined_at,
+                "nameKey": name_key,
             }
         )
 
@@ -410,6 +465,10 @@ class RedisStore:
             key("space", space_id, "pos"),
             key("spaces"),
         ]
+
+    def _names_key(self, space_id: str) -> str:
+        """The space's name index: :func:`nickname_key` of each player's name -> player id."""
+        return key("space", space_id, "names")
 
     # -- joining and leaving -------------------------------------------------------------------
 
@@ -427,18 +486,30 @@ class RedisStore:
             if previous.sid == sid:
                 player.joined_at = previous.joined_at
         spawn = orjson.dumps([SPAWN_X, SPAWN_Y, SPAWN_DIRECTION, False])
+        marker = "\x00" + secrets.token_hex(8)
+        names = nickname_candidates(identity.nickname, NAME_CANDIDATES)
+        candidates: list[Any] = []
+        for name in names:
+            candidates += [orjson.dumps(name), nickname_key(name)]
         try:
-            old, entries, positions = await self._shared(
+            old, entries, positions, picked = await self._shared(
                 lambda: self._join(
-                    keys=[*self._keys(space_id), node_index_key(self.node)],
+                    keys=[
+                        *self._keys(space_id),
+                        node_index_key(self.node),
+                        self._names_key(space_id),
+                    ],
                     args=[
                         identity.player_id,
-                        self._entry(player),
+                        self._entry(player, marker=marker),
                         space_id,
                         spawn,
                         PREFIX,
                         sid,
                         self.node,
+                        orjson.dumps(marker),
+                        orjson.dumps(marker + "k"),
+                        *candidates,
                     ],
                 )
             )
@@ -447,6 +518,10 @@ class RedisStore:
             self._joined_offline.add((space_id, identity.player_id))
             replaced = previous.sid if previous is not None and previous.sid != sid else None
             return JoinResult(player, list(local.values()), replaced)
+        if int(picked):
+            # The name was taken: the script gave the first free "name (n)".
+            identity = replace(identity, nickname=names[int(picked)])
+            player.identity = identity
         roster = _roster(entries, positions)
         for other in roster:
             if other.id == identity.player_id:
@@ -496,7 +571,11 @@ class RedisStore:
     async def _remove(self, space_id: str, player_id: str, sid: str) -> Departed | None:
         result = await self._shared(
             lambda: self._leave(
-                keys=[*self._keys(space_id), key("space", space_id, "proximity")],
+                keys=[
+                    *self._keys(space_id),
+                    key("space", space_id, "proximity"),
+                    self._names_key(space_id),
+                ],
                 args=[player_id, sid, space_id, PREFIX],
             )
         )
@@ -541,7 +620,8 @@ class RedisStore:
         with contextlib.suppress(StoreUnavailable):
             await self._shared(
                 lambda: self._set_entry(
-                    keys=self._keys(space_id)[:1], args=[player_id, self._entry(player), sid]
+                    keys=[*self._keys(space_id)[:1], self._names_key(space_id)],
+                    args=[player_id, self._entry(player), sid],
                 )
             )
 
@@ -651,9 +731,20 @@ class RedisStore:
         ]
 
     async def players_named(self, space_id: str, nickname: str) -> list[PlayerState]:
+        """Through the space's name index (one field, then one entry): never the whole
+        roster, which whispers by name would otherwise read from Redis every time."""
         wanted = nickname_key(nickname)
-        roster = await self.players(space_id)
-        return [p for p in roster if nickname_key(p.identity.nickname) == wanted]
+        try:
+            owner = await self._shared(lambda: self.redis.hget(self._names_key(space_id), wanted))
+        except StoreUnavailable:
+            local = self._local.get(space_id, {})
+            return [p for p in local.values() if nickname_key(p.identity.nickname) == wanted]
+        if owner is None:
+            return []
+        player = await self.player(space_id, owner.decode())
+        if player is None or nickname_key(player.identity.nickname) != wanted:
+            return []
+        return [player]
 
     # -- positions (the hot path) --------------------------------------------------------------
 
@@ -719,7 +810,7 @@ class RedisStore:
         with contextlib.suppress(StoreUnavailable):
             await self._shared(
                 lambda: self._set_entry(
-                    keys=self._keys(space_id)[:1],
+                    keys=[*self._keys(space_id)[:1], self._names_key(space_id)],
                     args=[identity.player_id, self._entry(player), player.sid],
                 )
             )
@@ -1038,7 +1129,11 @@ class RedisStore:
             for space_id, player in pending:
                 done.add((space_id, player.id))
                 outcome = await self._restore(
-                    keys=[*self._keys(space_id), node_index_key(self.node)],
+                    keys=[
+                        *self._keys(space_id),
+                        node_index_key(self.node),
+                        self._names_key(space_id),
+                    ],
                     args=[
                         player.id,
                         self._entry(player),
@@ -1067,7 +1162,11 @@ class RedisStore:
             if (space_id, player_id, player.sid) in reaped:
                 continue  # the others removed the player, told everyone and logged the EXIT
             await self._leave(
-                keys=[*self._keys(space_id), key("space", space_id, "proximity")],
+                keys=[
+                    *self._keys(space_id),
+                    key("space", space_id, "proximity"),
+                    self._names_key(space_id),
+                ],
                 args=[player_id, player.sid, space_id, PREFIX],
             )
             # Removed now, or gone with a restart of Redis: either way nobody else saw the
