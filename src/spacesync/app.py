@@ -9,6 +9,7 @@ import hmac
 import logging
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -36,6 +37,7 @@ from .rooms import RoomManager
 from .state.base import StateStore
 from .state.memory import MemoryStore
 from .state.redis import RedisStore
+from .storage import Storage, StorageError, open_storage
 from .wire import FastJson, SpaceSocketServer
 
 PING_INTERVAL = 25
@@ -72,7 +74,47 @@ def _json(
 
 
 def _is_internal(path: str) -> bool:
-    return path == "/metrics" or path.startswith("/presence/")
+    return path == "/metrics" or path.startswith(("/presence/", "/spaces/"))
+
+
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_MAX_LIMIT = 100
+
+
+def _history_query(query: Any) -> tuple[int, datetime | None]:
+    """``limit`` (1–100, default 50) and ``before`` (ISO 8601 time, or milliseconds since the
+    epoch) of a history request; ``ValueError`` with a message for the client otherwise."""
+    raw_limit = query.get("limit", "")
+    limit = HISTORY_DEFAULT_LIMIT
+    if raw_limit != "":
+        if not raw_limit.isascii() or not raw_limit.isdigit() or len(raw_limit) > 4:
+            raise ValueError("limit must be an integer from 1 to 100")
+        limit = int(raw_limit)
+        if not 1 <= limit <= HISTORY_MAX_LIMIT:
+            raise ValueError("limit must be an integer from 1 to 100")
+    raw_before = query.get("before", "")
+    if raw_before == "":
+        return limit, None
+    try:
+        if raw_before.isascii() and raw_before.isdigit() and len(raw_before) <= 15:
+            before = datetime.fromtimestamp(int(raw_before) / 1000, UTC)
+        elif len(raw_before) <= 40:
+            before = datetime.fromisoformat(raw_before)
+            if before.tzinfo is None:
+                before = before.replace(tzinfo=UTC)
+        else:
+            raise ValueError(raw_before)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError("before must be an ISO 8601 time or milliseconds since 1970") from None
+    return limit, before
+
+
+def _iso(value: datetime) -> str:
+    """``2026-01-02T03:04:05.678Z``, as JavaScript's ``toISOString`` writes it (the app's route
+    answers in this form)."""
+    return (
+        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    )
 
 
 class SpacesyncNode:
@@ -107,6 +149,8 @@ class SpacesyncNode:
             )
             store = redis_store
         self.store: StateStore = store or MemoryStore()
+        self.storage: Storage | None = None
+        """Opened by :meth:`start` (chat history); ``None`` until then or if it failed."""
         self.sio = SpaceSocketServer(
             client_manager=RoomManager(),
             async_mode="aiohttp",
@@ -184,6 +228,7 @@ class SpacesyncNode:
         r.add_get("/health/ready", self.ready)
         r.add_get("/presence/{spaceId}", self.presence)
         r.add_get("/metrics", self.metrics)
+        r.add_get("/spaces/{spaceId}/messages", self.history)
         r.add_route("*", "/{tail:.*}", self._fallback)
 
     async def _socketio_entry(self, request: web.Request) -> web.StreamResponse:
@@ -275,7 +320,11 @@ class SpacesyncNode:
                 return web.Response(status=204, headers=_PRIVATE_HEADERS)
             return web.Response(status=204, headers=_JSON_HEADERS)
         path = request.path
-        known = path in _GET_PATHS or path.startswith("/presence/") or path == SOCKETIO_PATH
+        known = (
+            path in _GET_PATHS
+            or path.startswith(("/presence/", "/spaces/"))
+            or path == SOCKETIO_PATH
+        )
         if known:
             return _json({"error": "Method not allowed"}, status=405)
         return _json({"error": "Not found"}, status=404)
@@ -323,6 +372,61 @@ class SpacesyncNode:
                 ],
                 "count": len(players),
                 "timestamp": int(time.time() * 1000),
+            },
+            headers=headers,
+        )
+
+    async def history(self, request: web.Request) -> web.Response:
+        """A space's recent public messages, for a deployment without the app's database.
+
+        With ``DATABASE_URL`` the app's own history route reads the same rows (and knows who
+        may see which whispers), so this route answers only from the SQLite file. Pages go
+        back in time: ``before`` is the previous page's ``nextBefore``."""
+        if not self._authorized(request):
+            return self._unauthorized()
+        headers = _JSON_HEADERS if self._internal_token is None else _PRIVATE_HEADERS
+        space_id = request.match_info["spaceId"]
+        if not protocol.ID_RE.fullmatch(space_id):
+            return _json({"error": "Invalid spaceId"}, status=400, headers=headers)
+        try:
+            limit, before = _history_query(request.query)
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400, headers=headers)
+        storage = self.storage
+        if storage is None:
+            return _json({"error": "Chat history is unavailable"}, status=503, headers=headers)
+        if storage.kind != "sqlite":
+            return _json(
+                {"error": "Chat history is served by the app"}, status=404, headers=headers
+            )
+        try:
+            rows = await storage.recent_messages(space_id, limit + 1, before)
+        except StorageError as exc:
+            log.warn("E4006", f"Chat history could not be read: {exc}", spaceId=space_id)
+            return _json({"error": "Chat history is unavailable"}, status=503, headers=headers)
+        has_more = len(rows) > limit
+        page = rows[1:] if has_more else rows
+        if has_more and page and rows[0].created_at == page[0].created_at:
+            # Messages of the same millisecond must not be split across two pages: ``before``
+            # is exclusive, so the next page would skip the rest of them.
+            cut = next((i for i, m in enumerate(page) if m.created_at != page[0].created_at), 0)
+            page = page[cut:] if cut else page
+        return _json(
+            {
+                "spaceId": space_id,
+                "messages": [
+                    {
+                        "id": m.id,
+                        "senderId": m.sender_id or "system",
+                        "senderNickname": m.sender_name,
+                        "content": m.content,
+                        "timestamp": _iso(m.created_at),
+                        "type": m.type.lower(),
+                    }
+                    for m in page
+                ],
+                "hasMore": has_more,
+                "nextBefore": _iso(page[0].created_at) if has_more and page else None,
             },
             headers=headers,
         )
@@ -381,6 +485,7 @@ class SpacesyncNode:
                 "dropped": self.exits.dropped,
                 "held": self.exits.held,
             },
+            "chatLog": self.server.chat_log.figures(),
             "alerts": {
                 "enabled": self.alerter.enabled,
                 "sent": self.alerter.sent,
@@ -420,7 +525,20 @@ class SpacesyncNode:
 
     # -- life cycle ----------------------------------------------------------------------------
 
+    async def _open_storage(self) -> None:
+        """Open the chat history's database. A node without it still serves players (chat is
+        delivered, only not kept), so a database that is down or unfit at start is logged, not
+        fatal."""
+        try:
+            self.storage = await open_storage(self.settings)
+        except (StorageError, ValueError) as exc:
+            log.error("E4006", f"Chat history is off: the storage could not be opened: {exc}")
+            return
+        self.server.storage = self.storage
+        self.server.chat_log.storage = self.storage
+
     async def start(self) -> None:
+        await self._open_storage()
         self.alerter.start()
         if self.alerter.enabled:
             self._alert_handler = install_alert_handler(self.alerter.observe)
@@ -612,6 +730,10 @@ class SpacesyncNode:
         await self.server.departures_settled(1.0)
         await self.exits.close()
         await self.app_client.close()
+        await self.server.chat_log.close(1.0)
+        if self.storage is not None:
+            with contextlib.suppress(Exception):
+                await self.storage.close()
         await self.store.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):

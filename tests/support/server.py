@@ -48,6 +48,8 @@ CONTROLLED_VARIABLES = (
     "INTERNAL_API_TOKEN",
     "HEADER_READ_TIMEOUT",
     "TRUSTED_PROXIES",
+    "DATABASE_URL",
+    "STORAGE_PATH",
 )
 
 # Every test client comes from 127.0.0.1, so per-address handshake and verification-failure
@@ -105,6 +107,10 @@ class ServerProcess:
             **TEST_DEFAULTS,
             "EXIT_OUTBOX_PATH": os.path.join(
                 _OUTBOX_DIR, f"exits-{self.port}-{next(_SERIAL)}.sqlite3"
+            ),
+            # Chat history in a file of its own too, never in the working directory.
+            "STORAGE_PATH": os.path.join(
+                _OUTBOX_DIR, f"storage-{self.port}-{next(_SERIAL)}.sqlite3"
             ),
         }
         merged.update(env or {})

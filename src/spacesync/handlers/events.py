@@ -13,12 +13,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import socketio
 
 from .. import protocol
+from ..chatlog import Author, ChatLog, Pending
 from ..config import Settings
 from ..domain.chat import sanitize
 from ..domain.identity import (
@@ -50,6 +51,8 @@ from ..observability.abuse import AbuseCounters
 from ..observability.logging import log
 from ..protocol import BadInput, ChatMessage
 from ..state.base import Departed, JoinResult, StateStore, StoreUnavailable
+from ..storage import Storage
+from ..texts import Catalog
 from .session import PreVerified, Session
 
 Handler = Callable[[Session, Any], Awaitable[None]]
@@ -87,6 +90,7 @@ class SpaceServer:
         app: AppClient,
         exits: ExitOutbox,
         abuse: AbuseCounters,
+        storage: Storage | None = None,
     ) -> None:
         self.sio = sio
         self.abuse = abuse
@@ -101,6 +105,9 @@ class SpaceServer:
             failures_per_minute=settings.verify_failures_per_ip,
         )
         self.exits = exits
+        self.storage = storage
+        self.chat_log = ChatLog(broadcaster, Catalog(settings.locale), storage)
+        """Writes chat, whispers and party messages after delivery (see :mod:`..chatlog`)."""
         self.sessions: dict[str, Session] = {}
         self.per_address: dict[str, int] = {}
         self.shutting_down = False
@@ -1031,6 +1038,36 @@ class SpaceServer:
         data.update({k: v for k, v in extra.items() if v is not None})
         return data
 
+    def _save(
+        self,
+        session: Session,
+        kind: Literal["chat", "whisper", "party"],
+        data: dict[str, Any],
+        recipients: tuple[str, ...] = (),
+        *,
+        target: Author | None = None,
+        party_id: str | None = None,
+    ) -> None:
+        """Hand a delivered message to the history writer: the rows keep what the players saw
+        (the neutralised content, the nickname at the time), and ``data["id"]`` is the
+        temporary id the writer's id update replaces."""
+        assert session.space_id is not None and session.identity is not None
+        self.chat_log.submit(
+            Pending(
+                kind=kind,
+                space_id=session.space_id,
+                temp_id=data["id"],
+                author=Author.of(session.identity),
+                sender_name=session.identity.nickname,
+                content=data["content"],
+                timestamp_ms=data["timestamp"],
+                sender_sid=session.sid,
+                recipients=recipients,
+                target=target,
+                party_id=party_id,
+            )
+        )
+
     async def _rate_limited(self, session: Session, content: str, channel: str) -> bool:
         assert session.identity is not None
         decision = await self.store.allow_chat(session.identity.player_id, content, time.time())
@@ -1059,7 +1096,9 @@ class SpaceServer:
         if await self._rate_limited(session, message.content, "chat:error"):
             return
         assert session.space_id is not None
-        await self.out.to_space(session.space_id, "chat:message", self._chat_data(session, message))
+        data = self._chat_data(session, message)
+        await self.out.to_space(session.space_id, "chat:message", data)
+        self._save(session, "chat", data)
 
     async def whisper_send(self, session: Session, payload: Any) -> None:
         await self._whisper(session, protocol.parse_whisper(payload))
@@ -1112,6 +1151,7 @@ class SpaceServer:
         )
         await self.out.to_players(space_id, [target.id], "whisper:receive", data)
         await self.out.to_sid(session.sid, "whisper:sent", data)
+        self._save(session, "whisper", data, (target.id,), target=Author.of(target.identity))
 
     async def _whisper_error(self, session: Session, message: str) -> None:
         await self.out.to_sid(session.sid, "whisper:error", {"message": message})
@@ -1131,6 +1171,7 @@ class SpaceServer:
             party_id, party_name, members = party.id, party.name, list(party.members)
         data = self._chat_data(session, message, partyId=party_id, partyName=party_name)
         await self.out.to_players(session.space_id, members, "party:message", data)
+        self._save(session, "party", data, tuple(members), party_id=party_id)
 
     async def party_create(self, session: Session, payload: Any) -> None:
         request = protocol.parse_party_create(payload)
