@@ -18,6 +18,9 @@ DEFAULT_STORAGE_PATH = ".spacesync/spacesync.sqlite3"
 DATABASE_SCHEMES = ("postgresql", "postgres")
 LOCALES = ("en", "ko")
 """Languages of the texts players read (notices, error messages); see ``spacesync.texts``."""
+AUTH_MODES = ("verify", "signed", "trust")
+"""How ``auth-<userId>`` session tokens (logged-in users) are checked; see ``AUTH_SESSIONS``."""
+MIN_AUTH_SECRET_BYTES = 32
 
 
 class ConfigError(ValueError):
@@ -64,6 +67,13 @@ class Settings:
     """SQLite file for chat history, moderation and map objects when there is no database."""
     locale: str = "en"
     """Language of system notices and error messages players read (``en`` or ``ko``)."""
+    auth_sessions: str = "verify"
+    """``verify``: the app verifies ``auth-`` tokens at :attr:`auth_verify_url`; ``signed``: the
+    token carries an HMAC this server checks; ``trust``: the user id in the token is believed."""
+    auth_verify_url: str | None = None
+    """Where ``auth-`` tokens are verified in ``verify`` mode (unset: the guest verify route)."""
+    auth_token_secret: str | None = None
+    """The HMAC-SHA256 key of ``signed`` tokens, shared with the app (at least 32 bytes)."""
 
     @property
     def environment(self) -> str:
@@ -199,6 +209,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         locale=locale,
         database_url=_database_url(env),
         storage_path=_storage_path(env),
+        **_auth_settings(env),
     )
 
 
@@ -243,6 +254,30 @@ def _database_url(env: Mapping[str, str]) -> str | None:
             f" (scheme {parts.scheme or 'missing'!r})"
         )
     return raw
+
+
+def _auth_settings(env: Mapping[str, str]) -> dict[str, str | None]:
+    """``AUTH_SESSIONS``, ``AUTH_VERIFY_URL`` and ``AUTH_TOKEN_SECRET``. A ``signed`` mode without
+    a usable secret stops start-up: every logged-in user would otherwise be refused, or a short
+    secret would let tokens be forged by guessing it."""
+    raw_mode = env.get("AUTH_SESSIONS", "").strip()
+    mode = raw_mode.lower() or "verify"
+    if mode not in AUTH_MODES:
+        raise ConfigError(f"AUTH_SESSIONS must be one of {', '.join(AUTH_MODES)}, got {raw_mode!r}")
+    verify_url = None
+    raw_url = env.get("AUTH_VERIFY_URL", "").strip()
+    if raw_url:
+        verify_url = _http_url("AUTH_VERIFY_URL", raw_url)
+    secret = env.get("AUTH_TOKEN_SECRET") or None
+    if mode == "signed":
+        if secret is None:
+            raise ConfigError("AUTH_SESSIONS=signed needs AUTH_TOKEN_SECRET")
+        if len(secret.encode("utf-8", "surrogatepass")) < MIN_AUTH_SECRET_BYTES:
+            # The value is a credential: its length may be named, never the value.
+            raise ConfigError(
+                f"AUTH_TOKEN_SECRET must be at least {MIN_AUTH_SECRET_BYTES} bytes long"
+            )
+    return {"auth_sessions": mode, "auth_verify_url": verify_url, "auth_token_secret": secret}
 
 
 def _storage_path(env: Mapping[str, str]) -> str:

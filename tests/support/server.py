@@ -50,6 +50,9 @@ CONTROLLED_VARIABLES = (
     "TRUSTED_PROXIES",
     "DATABASE_URL",
     "STORAGE_PATH",
+    "AUTH_SESSIONS",
+    "AUTH_VERIFY_URL",
+    "AUTH_TOKEN_SECRET",
 )
 
 # Every test client comes from 127.0.0.1, so per-address handshake and verification-failure

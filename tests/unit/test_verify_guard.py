@@ -37,7 +37,9 @@ class FakeApp:
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def verify(self, token: str, space_id: str | None) -> VerifyResult:
+    async def verify(
+        self, token: str, space_id: str | None, url: str | None = None
+    ) -> VerifyResult:
         self.calls.append((token, space_id))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)

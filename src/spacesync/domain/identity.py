@@ -9,6 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
 
+from .auth import user_id_of
 from .chat import escape_markup, plain_text
 
 AVATAR_COLORS = frozenset({"default", "red", "green", "purple", "orange", "pink", "yellow", "blue"})
@@ -187,10 +188,8 @@ def anonymous_player_id() -> str:
 
 
 def token_user_id(token: str | None) -> str | None:
-    """The user id of an ``auth-<userId>`` token, else ``None``."""
-    if token and token.startswith("auth-") and len(token) > len("auth-"):
-        return token[len("auth-") :]
-    return None
+    """The user id of an ``auth-<userId>`` token (signed or not), else ``None``."""
+    return user_id_of(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +204,9 @@ class Identity:
     session_token: str | None = None
     user_id: str | None = None
     verified: bool = False
+    guest_session_id: str | None = None
+    """The ``GuestSession.id`` of a guest (never the token, which is a credential): what
+    persisted rows name a guest by."""
 
     @property
     def privileged(self) -> bool:
@@ -220,6 +222,7 @@ class Identity:
             "sessionToken": self.session_token,
             "userId": self.user_id,
             "verified": self.verified,
+            "guestSessionId": self.guest_session_id,
         }
 
     @classmethod
@@ -233,6 +236,7 @@ class Identity:
             session_token=data.get("sessionToken"),
             user_id=data.get("userId"),
             verified=bool(data.get("verified", False)),
+            guest_session_id=data.get("guestSessionId"),
         )
 
     def with_profile(
@@ -258,6 +262,8 @@ class Verification:
     user_id: str | None
     avatar_given: bool = False
     """Whether the app answered with an ``avatar`` at all (else the client's choice stands)."""
+    role_given: bool = False
+    """Whether the app named a role (then it outranks the database's, see ``rank_role``)."""
 
     @classmethod
     def from_answer(cls, body: Any) -> Verification | None:
@@ -283,6 +289,7 @@ class Verification:
             nickname = None
         color, config = avatar_from_app(body.get("avatar"))
         role = body.get("role")
+        role_given = isinstance(role, str) and role in ROLES
         if not isinstance(role, str) or role not in ROLES:
             role = "PARTICIPANT"
         user_id = body.get("userId")
@@ -291,4 +298,4 @@ class Verification:
         if not isinstance(user_id, str) or not user_id:
             user_id = None
         avatar_given = body.get("avatar") is not None
-        return cls(participant, nickname, color, config, role, user_id, avatar_given)
+        return cls(participant, nickname, color, config, role, user_id, avatar_given, role_given)

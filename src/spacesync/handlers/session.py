@@ -19,6 +19,8 @@ class PreVerified:
     token: str
     space_id: str
     identity: Identity
+    app_role: str | None = None
+    """The role the app's verify answer named, if any (it outranks the database's)."""
 
 
 @dataclass(slots=True)

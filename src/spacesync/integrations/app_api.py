@@ -130,7 +130,10 @@ class AppClient:
             follow_redirects=False,
         )
 
-    async def verify(self, token: str, space_id: str | None) -> VerifyResult:
+    async def verify(
+        self, token: str, space_id: str | None, url: str | None = None
+    ) -> VerifyResult:
+        """Ask the app about a session at ``url`` (default: the guest verify route)."""
         breaker = self.breaker
         if not breaker.allow():
             return VerifyResult(
@@ -138,15 +141,14 @@ class AppClient:
                 detail=f"not called: it failed {breaker.threshold} times in a row; "
                 f"trying again in {breaker.retry_in():.0f}s",
             )
-        result = await self._verify(token, space_id)
+        result = await self._verify(token, space_id, url or f"{self.base_url}/api/guest/verify")
         if result.status in (VerifyStatus.TIMEOUT, VerifyStatus.UNREACHABLE):
             breaker.failure()
         else:
             breaker.success()
         return result
 
-    async def _verify(self, token: str, space_id: str | None) -> VerifyResult:
-        url = f"{self.base_url}/api/guest/verify"
+    async def _verify(self, token: str, space_id: str | None, url: str) -> VerifyResult:
         try:
             async with self._verify_slots, asyncio.timeout(self.timeout):
                 response = await self._client.post(

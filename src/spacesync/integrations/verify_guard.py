@@ -141,7 +141,9 @@ class VerifyGuard:
         self.clock = clock
         self._addresses: OrderedDict[str, _Address] = OrderedDict()
 
-    async def verify(self, token: str, space_id: str | None, address: str) -> VerifyResult:
+    async def verify(
+        self, token: str, space_id: str | None, address: str, url: str | None = None
+    ) -> VerifyResult:
         key = FailedTokens.key(token, space_id)
         refused = self._refused_from_memory(key)
         if refused is not None:
@@ -166,7 +168,7 @@ class VerifyGuard:
                     return refused
             state.in_flight += 1
         try:
-            result = await self.app.verify(token, space_id)
+            result = await self.app.verify(token, space_id, url)
         finally:
             if state is not None:
                 state.settle()
