@@ -37,7 +37,7 @@ from .rooms import RoomManager
 from .state.base import StateStore
 from .state.memory import MemoryStore
 from .state.redis import RedisStore
-from .storage import Storage, StorageError, open_storage
+from .storage import SchemaError, Storage, StorageError, open_storage
 from .wire import FastJson, SpaceSocketServer
 
 PING_INTERVAL = 25
@@ -486,6 +486,8 @@ class SpacesyncNode:
                 "held": self.exits.held,
             },
             "chatLog": self.server.chat_log.figures(),
+            "database": await self.server.access.database_figures(),
+            "auth": {"sessions": self.settings.auth_sessions},
             "alerts": {
                 "enabled": self.alerter.enabled,
                 "sent": self.alerter.sent,
@@ -527,10 +529,13 @@ class SpacesyncNode:
 
     async def _open_storage(self) -> None:
         """Open the chat history's database. A node without it still serves players (chat is
-        delivered, only not kept), so a database that is down or unfit at start is logged, not
-        fatal."""
+        delivered, only not kept), so a database that is down at start is logged, not fatal.
+        A PostgreSQL database without FlowSpace's tables is a configuration mistake that no
+        retry fixes: :class:`SchemaError` stops start-up (exit code 2)."""
         try:
             self.storage = await open_storage(self.settings)
+        except SchemaError:
+            raise
         except (StorageError, ValueError) as exc:
             log.error("E4006", f"Chat history is off: the storage could not be opened: {exc}")
             return
@@ -572,8 +577,18 @@ class SpacesyncNode:
             cluster=self.settings.redis_url is not None,
             clusterNode=self.node_id if self.monitor is not None else None,
             alerts=self.alerter.enabled,
+            authSessions=self.settings.auth_sessions,
             version=__version__,
         )
+        if self.settings.auth_sessions == "trust":
+            # Error level, so it alerts at every start: anyone who types auth-<id> of another
+            # user is that user until the setting is changed.
+            log.error(
+                "E1005",
+                "AUTH_SESSIONS=trust: logged-in users' tokens are not verified; anyone can join "
+                "as any user (and act with their role) by sending auth-<userId>. Use signed or "
+                "verify",
+            )
         if self._internal_token is None and not self.settings.development:
             log.warn(
                 "E6004",

@@ -57,6 +57,10 @@ async def serve(settings: Settings) -> int:
         return EXIT_CONFIG
     try:
         await node.start()
+    except SchemaError as exc:
+        log.error("E6003", f"Storage schema: {exc}", no_alert=True, missing=exc.missing)
+        await node.close()
+        return EXIT_CONFIG
     except OSError as exc:
         log.error(
             "E6003",

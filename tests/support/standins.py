@@ -215,6 +215,7 @@ class AppStandIn(_ThreadedHttpServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/guest/verify", self._verify)
+        app.router.add_post("/api/auth/verify", self._verify)  # for AUTH_VERIFY_URL
         app.router.add_post("/api/guest/event", self._event)
         app.router.add_delete("/api/spaces/{spaceId}/visit", self._visit)
 

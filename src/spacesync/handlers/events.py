@@ -53,6 +53,7 @@ from ..protocol import BadInput, ChatMessage
 from ..state.base import Departed, JoinResult, StateStore, StoreUnavailable
 from ..storage import Storage
 from ..texts import Catalog
+from .identity import Access, LoginRefused
 from .session import PreVerified, Session
 
 Handler = Callable[[Session, Any], Awaitable[None]]
@@ -105,6 +106,8 @@ class SpaceServer:
             failures_per_minute=settings.verify_failures_per_ip,
         )
         self.exits = exits
+        self.access = Access(settings, lambda: self.storage)
+        """Logged-in users' tokens (``AUTH_SESSIONS``) and roles from the database."""
         self.storage = storage
         self.chat_log = ChatLog(broadcaster, Catalog(settings.locale), storage)
         """Writes chat, whispers and party messages after delivery (see :mod:`..chatlog`)."""
@@ -451,7 +454,19 @@ class SpaceServer:
             return  # verified at the join, for the join's space
         if self.settings.development and token.startswith("dev-"):
             return  # development tokens are resolved from the join payload
-        result = await self.verifier.verify(token, space_id, session.address)
+        if self.access.checks_locally(token):
+            # Checked here so a forged token fails the connection; resolved at the join, which
+            # brings the nickname and avatar a logged-in user chose.
+            try:
+                self.access.logged_in_user(token)
+            except LoginRefused as exc:
+                log.warn("E1002", f"Session verification failed: {exc}", spaceId=space_id, **ctx)
+                if not self.settings.development:
+                    raise socketio.exceptions.ConnectionRefusedError("Invalid session") from None
+            return
+        result = await self.verifier.verify(
+            token, space_id, session.address, self._verify_url(token)
+        )
         if result.verification is not None:
             v = result.verification
             identity = Identity(
@@ -464,7 +479,8 @@ class SpaceServer:
                 user_id=v.user_id or token_user_id(token),
                 verified=True,
             )
-            session.pre_verified = PreVerified(token, space_id, identity)
+            app_role = v.role if v.role_given else None
+            session.pre_verified = PreVerified(token, space_id, identity, app_role)
             return
         self._log_verification_failure(result.status, result.detail, spaceId=space_id, **ctx)
         if not self.settings.development:
@@ -509,7 +525,9 @@ class SpaceServer:
                 if join.nickname is None:
                     raise BadInput("nickname is required")
                 identity = identity.with_profile(join.nickname, None, None)
-            return identity
+            return await self.access.complete(
+                identity, join.space_id, app_role=pre.app_role, **session.context()
+            )
         if token is None:
             token = session.connect_token  # verified below, for this join's space
 
@@ -536,7 +554,33 @@ class SpaceServer:
             return client_identity(None, join.role)
         if dev and token.startswith("dev-"):
             return client_identity(join.player_id, join.role)
-        result = await self.verifier.verify(token, join.space_id, session.address)
+        if self.access.checks_locally(token):
+            try:
+                user_id = self.access.logged_in_user(token)
+                if await self.access.unknown_user(user_id, **ctx):
+                    raise LoginRefused("no such user in the database")
+            except LoginRefused as exc:
+                log.warn("E1002", f"Session verification failed: {exc}", **ctx)
+                if not dev:
+                    raise AuthRefused("Invalid session", "INVALID_SESSION") from None
+                return client_identity(join.player_id, join.role)
+            if join.nickname is None:
+                raise BadInput("nickname is required")
+            # As the original: the player id is the user's, the name and avatar the ones the
+            # user chose on the page (the client's join).
+            user = Identity(
+                player_id=f"user-{user_id}",
+                nickname=join.nickname,
+                avatar_color=join.avatar_color,
+                avatar_config=join.avatar_config,
+                session_token=token,
+                user_id=user_id,
+                verified=True,
+            )
+            return await self.access.complete(user, join.space_id, app_role=None, **ctx)
+        result = await self.verifier.verify(
+            token, join.space_id, session.address, self._verify_url(token)
+        )
         verification = result.verification
         if verification is None:
             self._log_verification_failure(
@@ -549,7 +593,7 @@ class SpaceServer:
         if nickname is None:
             raise BadInput("nickname is required")
         app_gave_avatar = verification.avatar_given
-        return Identity(
+        verified = Identity(
             player_id=verification.participant_id,
             nickname=nickname,
             avatar_color=verification.avatar_color if app_gave_avatar else join.avatar_color,
@@ -559,6 +603,12 @@ class SpaceServer:
             user_id=verification.user_id or token_user_id(token),
             verified=True,
         )
+        app_role = verification.role if verification.role_given else None
+        return await self.access.complete(verified, join.space_id, app_role=app_role, **ctx)
+
+    def _verify_url(self, token: str) -> str | None:
+        """``AUTH_VERIFY_URL`` for a logged-in user's token, the guest route for the rest."""
+        return self.access.verify_url if token.startswith("auth-") else None
 
     # -- join / leave --------------------------------------------------------------------------
 
