@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ServerFactory
 from support.chat_db import (
     ChatWorld,
     create_chat_world,
@@ -28,6 +27,7 @@ from support.players import dev_player
 from support.server import ServerProcess
 from support.standins import AppStandIn
 
+ServerFactory = Callable[..., ServerProcess]
 SAVE_FAILED = "Your message could not be saved. Please send it again."
 WHISPER_SAVE_FAILED = "Your whisper could not be saved."
 
