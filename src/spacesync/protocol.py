@@ -1,8 +1,8 @@
 """Event names and payload schemas (SPEC §3, §4, §8).
 
 Every client payload is validated here, once, and handed on as a typed object. A validator raises
-:class:`BadInput` with a message fit to show the sender; handlers turn it into a reply on the
-event's own error channel.
+:class:`BadInput` naming the text to show the sender (``error.input.*`` and a few of chat's and
+parties'); handlers render it in the node's language and reply on the event's own error channel.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .domain.identity import (
     NicknameError,
     clean_nickname,
 )
+from .texts import TextError
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
 # Control characters, line/paragraph separators, and invisible or direction-overriding marks
@@ -37,6 +38,13 @@ MAX_CHARACTER_ID = 50
 MAX_REPLY_CONTENT = 100
 MAX_TOKEN = 4096
 CHAT_TYPES = frozenset({"message", "whisper", "party"})
+
+# ``connect_error`` texts. Unlike every other text a player may read, these are not in the
+# message catalog: a refused connect carries no code, so clients tell refusals apart by this
+# text (README documents "Invalid session"), and the FlowSpace client shows its own sentence
+# for any connect_error. They stay the same in every LOCALE.
+CONNECT_INVALID_SESSION = "Invalid session"
+CONNECT_SHUTTING_DOWN = "Server is shutting down"
 
 # Which error event answers bad input for each client event (SPEC §8).
 ERROR_CHANNEL: dict[str, str] = {
@@ -55,8 +63,9 @@ ERROR_CHANNEL: dict[str, str] = {
 }
 
 
-class BadInput(ValueError):
-    """A payload that breaks the contract; the message is shown to the sender."""
+class BadInput(TextError, ValueError):
+    """A payload that breaks the contract; its text is shown to the sender, its ``str()``
+    (English) goes to the logs."""
 
 
 MAX_DEPTH = 16
@@ -66,7 +75,7 @@ def check_envelope(args: tuple[Any, ...]) -> Any:
     """The single payload of an event; binary attachments, extra arguments and absurd nesting are
     refused before any handler sees them."""
     if len(args) > 1:
-        raise BadInput("Events take a single payload")
+        raise BadInput("error.input.single_payload")
     payload = args[0] if args else None
     _check_value(payload, 0)
     return payload
@@ -74,9 +83,9 @@ def check_envelope(args: tuple[Any, ...]) -> Any:
 
 def _check_value(value: Any, depth: int) -> None:
     if depth > MAX_DEPTH:
-        raise BadInput("Payload is nested too deeply")
+        raise BadInput("error.input.too_deep")
     if isinstance(value, bytes | bytearray | memoryview):
-        raise BadInput("Binary attachments are not accepted")
+        raise BadInput("error.input.binary")
     if isinstance(value, dict):
         for item in value.values():
             _check_value(item, depth + 1)
@@ -87,7 +96,7 @@ def _check_value(value: Any, depth: int) -> None:
 
 def _object(payload: Any, event: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
-        raise BadInput(f"{event} expects an object payload")
+        raise BadInput("error.input.object_payload", event=event)
     return payload
 
 
@@ -101,10 +110,10 @@ def _string(data: dict[str, Any], key: str, *, required: bool = True) -> str | N
     value = data.get(key)
     if value is None:
         if required:
-            raise BadInput(f"{key} is required")
+            raise BadInput("error.input.required", field=key)
         return None
     if not isinstance(value, str):
-        raise BadInput(f"{key} must be a string")
+        raise BadInput("error.input.not_string", field=key)
     return value
 
 
@@ -113,22 +122,18 @@ def _identifier(data: dict[str, Any], key: str, *, required: bool = True) -> str
     if value is None:
         return None
     if not ID_RE.fullmatch(value):
-        raise BadInput(f"{key} must be 1-100 characters of letters, digits and _ . : @ -")
+        raise BadInput("error.input.bad_id", field=key)
     return value
 
 
-def _text(
-    data: dict[str, Any], key: str, limit: int, *, required: bool = True, label: str | None = None
-) -> str | None:
-    value = _string(data, key, required=required)
-    if value is None:
-        return None
-    value = value.strip()
-    name = label or key
+def _text(data: dict[str, Any], key: str, limit: int, *, empty: str, too_long: str) -> str:
+    """A required free text, trimmed; ``empty`` and ``too_long`` are the keys of the texts
+    that refuse it (they speak of "the message" or "the party name", not of a wire field)."""
+    value = (_string(data, key) or "").strip()
     if not value:
-        raise BadInput(f"{name} cannot be empty")
+        raise BadInput(empty)
     if len(value) > limit:
-        raise BadInput(f"{name} is too long (max {limit} characters)")
+        raise BadInput(too_long, limit=limit)
     return value
 
 
@@ -141,18 +146,18 @@ def _nickname(data: dict[str, Any], *, required: bool) -> str | None:
     try:
         return clean_nickname(value)
     except NicknameError as exc:
-        raise BadInput(str(exc)) from None
+        raise BadInput.of(exc.text) from None
 
 
 def _coordinate(data: dict[str, Any], key: str) -> float:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadInput(f"{key} must be a number")
+        raise BadInput("error.input.not_number", field=key)
     if isinstance(value, int) and abs(value) > MAX_COORD:
-        raise BadInput(f"{key} is out of range")
+        raise BadInput("error.input.out_of_range", field=key)
     number = float(value)
     if not math.isfinite(number) or abs(number) > MAX_COORD:
-        raise BadInput(f"{key} is out of range")
+        raise BadInput("error.input.out_of_range", field=key)
     return value if isinstance(value, int) else number
 
 
@@ -161,7 +166,7 @@ def _boolean(data: dict[str, Any], key: str, *, required: bool = True) -> bool |
     if value is None and not required:
         return None
     if not isinstance(value, bool):
-        raise BadInput(f"{key} must be true or false")
+        raise BadInput("error.input.not_boolean", field=key)
     return value
 
 
@@ -175,7 +180,7 @@ def parse_avatar_color(value: Any) -> str:
     if value is None:
         return "default"
     if not isinstance(value, str):
-        raise BadInput("avatarColor must be a string")
+        raise BadInput("error.input.not_string", field="avatarColor")
     return value if value in AVATAR_COLORS else "default"
 
 
@@ -183,21 +188,21 @@ def parse_avatar_config(value: Any) -> AvatarConfig | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise BadInput("avatarConfig must be an object")
+        raise BadInput("error.input.not_object", field="avatarConfig")
     kind = value.get("type")
     if kind == "classic":
         color = value.get("colorId")
         if isinstance(color, str) and not AVATAR_FIELD_RE.fullmatch(color):
-            raise BadInput("avatarConfig.colorId must be 1-50 of letters, digits, _ and -")
+            raise BadInput("error.input.bad_avatar_field", field="avatarConfig.colorId")
         return {"type": "classic", "colorId": parse_avatar_color(color)}
     if kind == "custom":
         character = value.get("characterId")
         if not isinstance(character, str) or not character.strip():
-            raise BadInput("avatarConfig.characterId is required")
+            raise BadInput("error.input.required", field="avatarConfig.characterId")
         if not AVATAR_FIELD_RE.fullmatch(character):
-            raise BadInput("avatarConfig.characterId must be 1-50 of letters, digits, _ and -")
+            raise BadInput("error.input.bad_avatar_field", field="avatarConfig.characterId")
         return {"type": "custom", "characterId": character}
-    raise BadInput('avatarConfig.type must be "classic" or "custom"')
+    raise BadInput("error.input.avatar_type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,26 +223,28 @@ def _reply_to(data: dict[str, Any]) -> ReplyTo | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise BadInput("replyTo must be an object")
+        raise BadInput("error.input.not_object", field="replyTo")
     ident = value.get("id")
     nickname = value.get("senderNickname")
     content = value.get("content")
     if not isinstance(ident, str) or not ID_RE.fullmatch(ident):
-        raise BadInput("replyTo.id must be 1-100 characters of letters, digits and _ . : @ -")
+        raise BadInput("error.input.bad_id", field="replyTo.id")
     if not isinstance(nickname, str):
-        raise BadInput("replyTo.senderNickname must be a string")
+        raise BadInput("error.input.not_string", field="replyTo.senderNickname")
     try:
         nickname = clean_nickname(nickname)
     except NicknameError as exc:
-        raise BadInput(f"replyTo.senderNickname: {exc}") from None
+        raise BadInput(
+            "error.input.field_detail", field="replyTo.senderNickname", detail=exc.text
+        ) from None
     if not isinstance(content, str):
-        raise BadInput("replyTo.content must be a string")
+        raise BadInput("error.input.not_string", field="replyTo.content")
     if len(content) > MAX_CONTENT:
-        raise BadInput(f"replyTo.content is too long (max {MAX_CONTENT} characters)")
+        raise BadInput("error.input.too_long", field="replyTo.content", limit=MAX_CONTENT)
     # A quote is one line: line breaks and tabs become spaces, then the original's rule applies.
     quoted = " ".join(plain_text(content).split())[:MAX_REPLY_CONTENT].rstrip()
     if not quoted:
-        raise BadInput("replyTo.content must contain text")
+        raise BadInput("error.input.no_text", field="replyTo.content")
     return ReplyTo(ident, nickname, escape_markup(quoted))
 
 
@@ -326,10 +333,10 @@ def parse_session_token(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadInput("sessionToken must be a string")
+        raise BadInput("error.input.not_string", field="sessionToken")
     token = value.strip()
     if len(token) > MAX_TOKEN:
-        raise BadInput("sessionToken is too long")
+        raise BadInput("error.input.token_too_long")
     return token or None
 
 
@@ -338,12 +345,12 @@ def parse_join(payload: Any) -> JoinSpace:
     token = parse_session_token(data.get("sessionToken"))
     role = data.get("role")
     if role is not None and not isinstance(role, str):
-        raise BadInput("role must be a string")
+        raise BadInput("error.input.not_string", field="role")
     if role not in ROLES:
         role = None
     batching = data.get("positionBatching", False)
     if not isinstance(batching, bool):
-        raise BadInput("positionBatching must be true or false")
+        raise BadInput("error.input.not_boolean", field="positionBatching")
     return JoinSpace(
         space_id=_identifier(data, "spaceId") or "",
         player_id=_identifier(data, "playerId", required=False),
@@ -360,7 +367,7 @@ def parse_move(payload: Any) -> Move:
     data = _object(payload, "player:move")
     direction = data.get("direction")
     if not _one_of(direction, DIRECTIONS):
-        raise BadInput("direction must be up, down, left or right")
+        raise BadInput("error.input.direction")
     return Move(
         x=_coordinate(data, "x"),
         y=_coordinate(data, "y"),
@@ -399,15 +406,17 @@ def parse_chat(
     if kind is None:
         kind = default_type
     if not _one_of(kind, CHAT_TYPES):
-        raise BadInput("type must be message, whisper or party")
+        raise BadInput("error.input.chat_type")
     target_nickname = _string(data, "targetNickname", required=False)
     if target_nickname is not None:
         try:
             target_nickname = clean_nickname(target_nickname)
         except NicknameError:
-            raise BadInput("targetNickname is invalid") from None
+            raise BadInput("error.input.invalid", field="targetNickname") from None
     return ChatMessage(
-        content=_text(data, "content", MAX_CONTENT, label="Message") or "",
+        content=_text(
+            data, "content", MAX_CONTENT, empty="error.chat.empty", too_long="error.chat.too_long"
+        ),
         type=kind,
         target_id=_identifier(data, "targetId", required=False),
         target_nickname=target_nickname,
@@ -419,7 +428,7 @@ def parse_chat(
 def parse_whisper(payload: Any) -> ChatMessage:
     message = parse_chat(payload, default_type="whisper", event="whisper:send")
     if message.target_id is None and message.target_nickname is None:
-        raise BadInput("targetId or targetNickname is required")
+        raise BadInput("error.whisper.no_target")
     return ChatMessage(
         message.content,
         "whisper",
@@ -437,9 +446,15 @@ def parse_party_message(payload: Any) -> ChatMessage:
 
 def parse_party_create(payload: Any) -> PartyCreate:
     data = _object(payload, "party:create")
-    name = _text(data, "name", MAX_PARTY_NAME, label="Party name") or ""
+    name = _text(
+        data,
+        "name",
+        MAX_PARTY_NAME,
+        empty="error.party.name_empty",
+        too_long="error.party.name_too_long",
+    )
     if CONTROL_RE.search(name):
-        raise BadInput("Party name cannot contain control characters")
+        raise BadInput("error.party.name_control")
     return PartyCreate(name)
 
 
@@ -462,10 +477,10 @@ def parse_zone_join(payload: Any) -> PartyZoneJoin:
     if name is None:
         name = party_id
     if not isinstance(name, str):
-        raise BadInput("partyName must be a string")
+        raise BadInput("error.input.not_string", field="partyName")
     name = name.strip()
     if not name or len(name) > MAX_PARTY_NAME or CONTROL_RE.search(name):
-        raise BadInput("partyName must be 1-50 characters")
+        raise BadInput("error.input.length", field="partyName", limit=MAX_PARTY_NAME)
     return PartyZoneJoin(party_id, name)
 
 

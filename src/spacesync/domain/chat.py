@@ -8,6 +8,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..texts import Text
+
 _TAG_RE = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
 _ENTITY_RE = re.compile(r"&(?:lt|gt|amp|quot|#x27|#x2[fF]);")
@@ -62,9 +64,17 @@ class _History:
 
 @dataclass(frozen=True, slots=True)
 class ChatDecision:
+    """Whether a message may go out; a refusal names its text (rendered in the node's
+    language by the handler that answers) and the seconds to wait, if waiting helps."""
+
     allowed: bool
-    reason: str = ""
+    refusal: Text | None = None
     retry_after: int = 0
+
+    @property
+    def reason(self) -> str:
+        """The refusal in English, for the logs."""
+        return "" if self.refusal is None else str(self.refusal)
 
 
 def normalized_content(content: str) -> str:
@@ -76,11 +86,10 @@ def too_fast(seconds_left: float) -> ChatDecision:
     """The refusal of a message over the limit, ``seconds_left`` before the oldest counted
     message leaves the window."""
     wait = max(1, math.ceil(seconds_left))
-    unit = "second" if wait == 1 else "seconds"
-    return ChatDecision(False, f"You are sending messages too fast. Wait {wait} {unit}.", wait)
+    return ChatDecision(False, Text("error.chat.too_fast", {"seconds": wait}), wait)
 
 
-REPEATED = ChatDecision(False, "Please don't repeat the same message.")
+REPEATED = ChatDecision(False, Text("error.chat.repeated"))
 
 
 class ChatRateLimiter:

@@ -9,6 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
 
+from ..texts import TextError
 from .auth import user_id_of
 from .chat import escape_markup, plain_text
 
@@ -70,8 +71,9 @@ def avatar_from_app(value: Any) -> tuple[str, AvatarConfig | None]:
     return "default", None
 
 
-class NicknameError(ValueError):
-    """A nickname that cannot be used; the message is fit to show its sender."""
+class NicknameError(TextError, ValueError):
+    """A nickname that cannot be used; its text is shown to the sender (in the node's
+    language), its ``str()`` is English for the logs."""
 
 
 def _joins_emoji(text: str, index: int) -> bool:
@@ -131,18 +133,18 @@ def clean_nickname(value: str, *, lenient: bool = False) -> str:
     here). Applying it to its own output gives the same string.
     """
     if len(value) > MAX_RAW_NICKNAME:
-        raise NicknameError(f"nickname is too long (max {MAX_NICKNAME} characters)")
+        raise NicknameError("error.nickname.too_long", limit=MAX_NICKNAME)
     if not lenient and any(unicodedata.category(char) == "Cc" for char in value):
-        raise NicknameError("nickname cannot contain control characters")
+        raise NicknameError("error.nickname.control")
     plain = _plain_nickname(value)
     if len(plain) > MAX_NICKNAME:
         if not lenient:
-            raise NicknameError(f"nickname is too long (max {MAX_NICKNAME} characters)")
+            raise NicknameError("error.nickname.too_long", limit=MAX_NICKNAME)
         plain = plain[:MAX_NICKNAME].rstrip()
     if not plain:
-        raise NicknameError("nickname must contain visible text")
+        raise NicknameError("error.nickname.no_text")
     if nickname_key(plain).replace(" ", "") in RESERVED_NICKNAMES:
-        raise NicknameError("That nickname is reserved")
+        raise NicknameError("error.nickname.reserved")
     return escape_markup(plain)
 
 

@@ -1,7 +1,8 @@
 """Parties (SPEC §4): invite parties and party zones, as plain rules with no I/O.
 
 Every operation returns an outcome object that says what changed, so the caller knows whom to
-tell; a rule that is broken raises :class:`PartyError` with a message for the player.
+tell; a rule that is broken raises :class:`PartyError` naming the text for the player (the
+handler renders it in the node's language).
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..texts import TextError
+
 PARTY_SIZE_LIMIT = 50
 INVITATION_TTL = 300.0
 PartyKind = Literal["invite", "zone"]
 
 
-class PartyError(Exception):
-    """A party rule was broken; the message is shown to the player."""
+class PartyError(TextError):
+    """A party rule was broken; its text is shown to the player, on ``party:error``."""
 
 
 @dataclass(slots=True)
@@ -105,11 +108,11 @@ class SpaceParties:
         if party_id is None:
             party = self.default_party(player_id)
             if party is None:
-                raise PartyError("You are not in a party")
+                raise PartyError("error.party.not_in_party")
             return party
         party = self.parties.get(party_id)
         if party is None or player_id not in party.members:
-            raise PartyError("You are not a member of this party")
+            raise PartyError("error.party.not_member")
         return party
 
     # -- invite parties ------------------------------------------------------------------------
@@ -125,15 +128,15 @@ class SpaceParties:
     def invite(self, inviter_id: str, party_id: str, target_id: str, now: float) -> Invitation:
         party = self.parties.get(party_id)
         if party is None or inviter_id not in party.members:
-            raise PartyError("You are not a member of this party")
+            raise PartyError("error.party.not_member")
         if party.kind != "invite":
-            raise PartyError("Party zones are open to everyone; no invitation is needed")
+            raise PartyError("error.party.zone_open")
         if target_id == inviter_id:
-            raise PartyError("You cannot invite yourself")
+            raise PartyError("error.party.invite_self")
         if target_id in party.members:
-            raise PartyError("That player is already in the party")
+            raise PartyError("error.party.already_member")
         if party.full:
-            raise PartyError(f"The party is full ({PARTY_SIZE_LIMIT} members)")
+            raise PartyError("error.party.full", limit=PARTY_SIZE_LIMIT)
         invitation = Invitation(party_id, target_id, inviter_id, now + INVITATION_TTL)
         self.invitations[(party_id, target_id)] = invitation
         return invitation
@@ -141,16 +144,16 @@ class SpaceParties:
     def accept(self, member: Member, party_id: str, now: float) -> Arrival:
         invitation = self.invitations.get((party_id, member.id))
         if invitation is None:
-            raise PartyError("You have no invitation to this party")
+            raise PartyError("error.party.no_invitation")
         if invitation.expires_at <= now:
             del self.invitations[(party_id, member.id)]
-            raise PartyError("The invitation has expired")
+            raise PartyError("error.party.invitation_expired")
         party = self.parties.get(party_id)
         if party is None:
             del self.invitations[(party_id, member.id)]
-            raise PartyError("That party no longer exists")
+            raise PartyError("error.party.gone")
         if party.full:
-            raise PartyError(f"The party is full ({PARTY_SIZE_LIMIT} members)")
+            raise PartyError("error.party.full", limit=PARTY_SIZE_LIMIT)
         del self.invitations[(party_id, member.id)]
         departures = self._leave_kind(member.id, "invite")
         party.members[member.id] = member
@@ -160,9 +163,9 @@ class SpaceParties:
     def decline(self, player_id: str, party_id: str, now: float) -> Invitation:
         invitation = self.invitations.pop((party_id, player_id), None)
         if invitation is None:
-            raise PartyError("You have no invitation to this party")
+            raise PartyError("error.party.no_invitation")
         if invitation.expires_at <= now:
-            raise PartyError("The invitation has expired")
+            raise PartyError("error.party.invitation_expired")
         return invitation
 
     # -- party zones ---------------------------------------------------------------------------
@@ -170,11 +173,11 @@ class SpaceParties:
     def join_zone(self, member: Member, party_id: str, name: str) -> Arrival:
         party = self.parties.get(party_id)
         if party is not None and party.kind != "zone":
-            raise PartyError("That party needs an invitation")
+            raise PartyError("error.party.invitation_needed")
         if party is not None and member.id in party.members:
             return Arrival(party, member, new_member=False)
         if party is not None and party.full:
-            raise PartyError(f"The party is full ({PARTY_SIZE_LIMIT} members)")
+            raise PartyError("error.party.full", limit=PARTY_SIZE_LIMIT)
         departures = self._leave_kind(member.id, "zone")
         if party is None:
             party = Party(party_id, name, "zone", None)
@@ -192,7 +195,7 @@ class SpaceParties:
     def leave_zone(self, player_id: str) -> Departure:
         party_id = self.zone_of.get(player_id)
         if party_id is None:
-            raise PartyError("You are not in a party zone")
+            raise PartyError("error.party.not_in_zone")
         return self._remove(self.parties[party_id], player_id)
 
     def leave_all(self, player_id: str) -> list[Departure]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Self
 
 from ..observability.logging import log
 from . import en, ko
@@ -85,6 +86,38 @@ _UNIT_SEPARATOR = {"en": " ", "ko": ""}
 
 class CatalogError(LookupError):
     """A text asked for with an unknown key or without its parameters (a mistake in the code)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A text by key and parameters, not yet in any language.
+
+    Rules that refuse something (payload validation, parties, the chat limit) know *what* to
+    say but not to whom or in which language; they return or raise one of these, and the
+    handler that answers the player renders it with the node's :class:`Catalog`. A parameter
+    may itself be a :class:`Text` (a nickname rule's complaint inside a field's), rendered in
+    the same language. ``str()`` is the English text, for logs, which stay in English.
+    """
+
+    key: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return catalog(DEFAULT_LOCALE).render(self)
+
+
+class TextError(Exception):
+    """An error whose message a player reads: it carries a :class:`Text` (``.text``) for the
+    reply, rendered in the node's language, and its ``str()`` is the English text for logs."""
+
+    def __init__(self, key: str, /, **params: Any) -> None:
+        self.text = Text(key, params)
+        super().__init__(str(self.text))
+
+    @classmethod
+    def of(cls, text: Text) -> Self:
+        """The same complaint as another error's (a nickname rule's, say) under this class."""
+        return cls(text.key, **text.params)
 
 
 def duration_parts(seconds: float) -> list[tuple[int, int]]:
@@ -237,6 +270,14 @@ class Catalog:
         except Exception:
             return template
 
+    def render(self, text: Text) -> str:
+        """``text`` in this catalog's language, nested texts among its parameters included."""
+        params = {
+            name: self.render(value) if isinstance(value, Text) else value
+            for name, value in text.params.items()
+        }
+        return self.text(text.key, **params)
+
     def system_sender(self) -> str:
         """The name system messages are sent under (``senderNickname`` / ``senderName``)."""
         return self.text("sender.system")
@@ -276,6 +317,8 @@ __all__ = [
     "TEXTS",
     "Catalog",
     "CatalogError",
+    "Text",
+    "TextError",
     "catalog",
     "duration_parts",
     "format_duration",
