@@ -74,9 +74,9 @@ class Author:
 
     @classmethod
     def of(cls, identity: Identity) -> Author:
-        # ``guest_session_id`` arrives with the identity from the app's verify answer when the
-        # identity carries it; otherwise it is looked up from the token in the background.
-        guest_id: str | None = getattr(identity, "guest_session_id", None)
+        # The join looks the guest session up when the storage answers; when it did not (a
+        # database down at that moment), the writer looks it up again in the background.
+        guest_id = identity.guest_session_id
         token = None
         if identity.user_id is None and guest_id is None and identity.verified:
             token = identity.session_token

@@ -227,6 +227,13 @@ async def test_authors_as_the_app_names_them() -> None:
     ]
     assert storage.lookups == 1  # cached per space and token
     assert "guest-tok" not in {r.sender_id for r in storage.rows}
+    known = Identity(
+        "guest-y", "Other", session_token="guest-2", verified=True, guest_session_id="gs-known"
+    )
+    log.submit(pending(5, author=Author.of(known)))
+    await drained(log)
+    assert (storage.rows[-1].sender_type, storage.rows[-1].sender_id) == ("GUEST", "gs-known")
+    assert storage.lookups == 1  # the join's lookup is used as it is
 
 
 async def test_without_storage_nothing_is_kept_or_told() -> None:
