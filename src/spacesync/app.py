@@ -38,6 +38,7 @@ from .state.base import StateStore
 from .state.memory import MemoryStore
 from .state.redis import RedisStore
 from .storage import SchemaError, Storage, StorageError, open_storage
+from .texts import Catalog
 from .wire import FastJson, SpaceSocketServer
 
 PING_INTERVAL = 25
@@ -174,6 +175,9 @@ class SpacesyncNode:
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
         self.broadcaster = Broadcaster(self.sio, buffer_limit=settings.client_buffer_limit)
         self.abuse = AbuseCounters()
+        self.texts = Catalog(settings.locale)
+        """What players read (notices, errors), in ``LOCALE``; handed to whatever answers them."""
+        self.sio.texts = self.texts
         self.admission = Admission(
             self.abuse,
             max_sessions=settings.max_connections_per_ip,
@@ -188,6 +192,7 @@ class SpacesyncNode:
             self.app_client,
             self.exits,
             self.abuse,
+            texts=self.texts,
         )
         self.sio.eio.fast_message = self.server.fast_message
         self.sio.malformed = self.server.malformed  # type: ignore[method-assign]
@@ -630,7 +635,7 @@ class SpacesyncNode:
         # New Socket.IO connections are refused from here on (and /health/ready says 503); the
         # listener stays open a moment so that long-polling clients can collect their CLOSE.
         with contextlib.suppress(Exception):
-            await self.server.broadcast_system("The server is restarting; reconnecting shortly.")
+            await self.server.broadcast_system(self.texts.text("notice.restarting"))
         # Closing the transport (not a Socket.IO disconnect) makes clients reconnect by themselves.
         # A WebSocket is closed at once. A long-polling client collects the notice, then a CLOSE
         # packet in a poll of its own (the official client drops messages that arrive in the

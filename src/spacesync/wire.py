@@ -30,6 +30,7 @@ from engineio.async_drivers import aiohttp as _aiohttp_driver
 from .admission import ADDRESS_KEY, Admission
 from .observability.abuse import AbuseCounters
 from .observability.logging import log
+from .texts import Catalog, catalog
 
 _socket_module = engineio.async_server.async_socket
 _STOCK_SOCKET = async_socket.AsyncSocket
@@ -578,6 +579,8 @@ class SpaceSocketServer(socketio.AsyncServer):
     admission: Admission | None = None
     is_joined: Callable[[str], bool] = staticmethod(lambda sid: False)
     """``(Socket.IO sid) -> joined a space`` (set by the node)."""
+    texts: Catalog = catalog()
+    """The texts players read, in the node's ``LOCALE`` (set by the node)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -672,7 +675,8 @@ class SpaceSocketServer(socketio.AsyncServer):
     async def malformed(self, sid: str, event: str | None) -> None:
         """Answer a packet that could not be decoded (replaced by the node, which answers on
         the event's own error channel, and not before the socket joined unless it is a join)."""
-        await self.emit("error", {"message": "Malformed packet", "code": "INVALID_PAYLOAD"}, to=sid)
+        message = self.texts.text("error.malformed_packet")
+        await self.emit("error", {"message": message, "code": "INVALID_PAYLOAD"}, to=sid)
 
 
 _EVENT_NAME_RE = re.compile(r'\d*-?(?:/[^,]*,)?\d*\[\s*"([A-Za-z0-9:_-]{1,40})"')

@@ -100,13 +100,13 @@ async def test_join_and_leave_are_seen_on_the_other_node(
 
     await carol.disconnect()
     assert await alice.wait_for("player:left") == {"id": carol.player_id}
-    await alice.wait_for("chat:system", is_system("Carol left"))
+    await alice.wait_for("chat:system", is_system("Carol lost the connection"))
 
     await alice.expect_nothing("player:left", within=QUIET)
     assert [m["id"] for m in alice.received("player:joined")] == ["bob-1", carol.player_id]
     assert [m["id"] for m in alice.received("player:left")] == ["bob-1", carol.player_id]
     notices = [m["content"] for m in alice.received("chat:system")]
-    for text in ("Bob joined", "Carol joined", "Bob left", "Carol left"):
+    for text in ("Bob joined", "Carol joined", "Bob left", "Carol lost the connection"):
         assert notices.count(text) == 1, notices
 
 

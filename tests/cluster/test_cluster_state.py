@@ -33,7 +33,7 @@ from support.standins import AppStandIn
 pytestmark = pytest.mark.cluster
 
 QUIET = 0.5
-DUPLICATE_MESSAGE = "Connected from another device; this connection was closed"
+DUPLICATE_MESSAGE = "Opened in another tab or device; this one was closed"
 
 
 def by_id(players: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -318,6 +318,7 @@ async def assert_no_churn(watchers: list[JsClient], player_id: str, nickname: st
         )
         notices = [m["content"] for m in watcher.received("chat:system")]
         assert f"{nickname} left" not in notices, (watcher.id, notices)
+        assert f"{nickname} lost the connection" not in notices, (watcher.id, notices)
         assert notices.count(f"{nickname} joined") == 1, (watcher.id, notices)
 
 

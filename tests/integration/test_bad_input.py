@@ -440,7 +440,9 @@ async def test_binary_event_closes_only_the_senders_connection(
     def not_the_departure(p: Any) -> bool:
         return not (
             isinstance(p, dict)
-            and (p.get("id") == sender.player_id or p.get("content") == "Sender left")
+            and (
+                p.get("id") == sender.player_id or p.get("content") == "Sender lost the connection"
+            )
         )
 
     for name in RELAYED:

@@ -134,7 +134,8 @@ async def test_leave_space_then_disconnect_sends_nothing_again(
 
 
 async def test_disconnect_leaves_space(bridge: Bridge, dev_server: ServerProcess) -> None:
-    """SPEC §4 (`leave:space`), §7: a disconnect leaves the space like `leave:space`."""
+    """SPEC §4 (`leave:space`), §7: a disconnect leaves the space like `leave:space`, but the
+    notice says the connection was lost, as FlowSpace's does."""
     space = space_id()
     alice = await player(bridge, dev_server, space, "Alice")
     bob = await player(bridge, dev_server, space, "Bob", transport="polling")
@@ -142,7 +143,8 @@ async def test_disconnect_leaves_space(bridge: Bridge, dev_server: ServerProcess
 
     await bob.disconnect()
     assert await alice.wait_for("player:left") == {"id": bob.player_id}
-    assert_system_message(await alice.wait_for("chat:system", is_system("Bob left")), "Bob left")
+    lost = "Bob lost the connection"
+    assert_system_message(await alice.wait_for("chat:system", is_system(lost)), lost)
     await alice.expect_nothing("player:left")
 
 

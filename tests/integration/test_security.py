@@ -24,9 +24,13 @@ INVALID_SESSION = {"message": "Invalid session", "code": "INVALID_SESSION"}
 SESSION_REQUIRED = {"message": "Session token required", "code": "SESSION_REQUIRED"}
 NOT_JSON = object()
 DUPLICATE_SESSION = {
-    "message": "Connected from another device; this connection was closed",
+    "message": "Opened in another tab or device; this one was closed",
     "code": "DUPLICATE_SESSION",
 }
+# The FlowSpace client files a bare `error` whose message contains "connection" under its
+# "cannot reach the server" banner, and one containing "session" or "expired" under "session
+# expired": the player of a replaced tab must read why it was closed instead.
+assert not any(w in DUPLICATE_SESSION["message"] for w in ("connection", "session", "expired"))
 
 
 # -- helpers ---------------------------------------------------------------------------------

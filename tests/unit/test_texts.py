@@ -243,8 +243,9 @@ def test_chat_limit_texts_match_the_current_english_wording() -> None:
 def test_the_error_banner_the_flowspace_client_picks() -> None:
     """The client sorts bare ``error`` messages by wording: "session"/"expired" show its
     session-expired banner, "connection" its cannot-reach-the-server banner, anything else
-    is shown verbatim. Korean texts are always shown verbatim; in English only these two
-    are sorted (the duplicate-session text lands on the network banner, as it does today)."""
+    is shown verbatim. Korean texts are always shown verbatim; in English only the invalid
+    session is sorted. The duplicate-session text avoids "connection", or the player would
+    read "cannot reach the server" instead of why this tab was closed."""
 
     def banner(message: str) -> str:
         if "session" in message or "expired" in message:
@@ -254,10 +255,7 @@ def test_the_error_banner_the_flowspace_client_picks() -> None:
         return "verbatim"
 
     assert BARE_ERROR_KEYS <= set(EN)
-    sorted_in_english = {
-        "error.session.invalid": "session_invalid",
-        "error.session.duplicate": "connection_failed",
-    }
+    sorted_in_english = {"error.session.invalid": "session_invalid"}
     for key in BARE_ERROR_KEYS:
         assert banner(EN[key]) == sorted_in_english.get(key, "verbatim"), key
         assert banner(KO[key]) == "verbatim", key

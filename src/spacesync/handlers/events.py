@@ -52,7 +52,7 @@ from ..observability.logging import log
 from ..protocol import BadInput, ChatMessage
 from ..state.base import Departed, JoinResult, StateStore, StoreUnavailable
 from ..storage import Storage
-from ..texts import Catalog
+from ..texts import Catalog, Text, TextError
 from .identity import Access, LoginRefused
 from .session import PreVerified, Session
 
@@ -71,11 +71,11 @@ def _message_id() -> str:
     return f"msg-{uuid.uuid4().hex}"
 
 
-class AuthRefused(Exception):
-    """The session cannot be accepted (production); the message and code go to the client."""
+class AuthRefused(TextError):
+    """The session cannot be accepted (production); its text and code go to the client."""
 
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
+    def __init__(self, key: str, code: str) -> None:
+        super().__init__(key)
         self.code = code
 
 
@@ -92,8 +92,12 @@ class SpaceServer:
         exits: ExitOutbox,
         abuse: AbuseCounters,
         storage: Storage | None = None,
+        *,
+        texts: Catalog,
     ) -> None:
         self.sio = sio
+        self.texts = texts
+        """Every text a player reads, in the node's ``LOCALE`` (logs stay English)."""
         self.abuse = abuse
         self.settings = settings
         self.store = store
@@ -118,7 +122,7 @@ class SpaceServer:
         self.bad_inputs = 0
         self.keyed_limits = KeyedLimits()
         self.notices = NoticeThrottle()
-        self._deferred_lines: dict[tuple[str, str], tuple[str, bool]] = {}
+        self._deferred_lines: dict[tuple[str, str], tuple[str, bool, bool]] = {}
         self._line_tasks: set[asyncio.Task[None]] = set()
         self._changing: set[str] = set()
         """Sockets whose join or leave is under way (see :meth:`holds_socket`)."""
@@ -166,7 +170,7 @@ class SpaceServer:
             return
         if not session.joined and event is not None and event != "join:space":
             return  # an event that is ignored before joining, however malformed
-        await self._reply_error(session, None, "Malformed packet")
+        await self._reply_error(session, None, self.texts.text("error.malformed_packet"))
 
     def fast_message(self, eio_sid: str, text: str) -> bool:
         """Handle a well-formed ``player:move`` from a joined socket without the Socket.IO
@@ -239,9 +243,10 @@ class SpaceServer:
                 log.warn(
                     "E3001", f"Bad payload for {event}: {exc}", event=event, **session.context()
                 )
-                await self._reply_error(session, target, str(exc))
+                await self._reply_error(session, target, self.texts.render(exc.text))
             except PartyError as exc:
-                await self.out.to_sid(session.sid, "party:error", {"message": str(exc)})
+                message = self.texts.render(exc.text)
+                await self.out.to_sid(session.sid, "party:error", {"message": message})
             except StoreUnavailable:
                 log.warn(
                     "E3003",
@@ -249,7 +254,7 @@ class SpaceServer:
                     event=event,
                     **session.context(),
                 )
-                message = "This is unavailable for a moment; try again shortly"
+                message = self.texts.text("error.unavailable")
                 if channel is None:
                     await self._safe_error(session, message, "UNAVAILABLE")
                 else:
@@ -262,7 +267,7 @@ class SpaceServer:
                     event=event,
                     **session.context(),
                 )
-                await self._safe_error(session, "Internal server error", "INTERNAL_ERROR")
+                await self._safe_error(session, self.texts.text("error.internal"), "INTERNAL_ERROR")
 
         return guarded
 
@@ -338,13 +343,13 @@ class SpaceServer:
             return
         if verdict is Verdict.DISCONNECT:
             session.closing_reason = "disconnect:rate limited"
-            await self._safe_error(session, "Too many requests; disconnected", "RATE_LIMITED")
+            message = self.texts.text("error.rate_limited.disconnected")
+            await self._safe_error(session, message, "RATE_LIMITED")
             self.out.write_out()  # the error goes before the disconnect
             await self.sio.disconnect(session.sid)
             return
         wait = rule.retry_after(now)
-        unit = "second" if wait == 1 else "seconds"
-        message = f"Too many {rule.label}. Wait {wait} {unit}."
+        message = self.texts.rate_limited(rule.name, wait)
         channel = protocol.ERROR_CHANNEL.get(event, "error")
         await self.out.to_sid(
             session.sid, channel, {"message": message, "code": "RATE_LIMITED", "retryAfter": wait}
@@ -403,15 +408,14 @@ class SpaceServer:
         # An event "name" that is not a string is a malformed packet, not an unknown event.
         self.bad_inputs += 1
         log.warn("E3001", "Event name must be a string", socketId=sid)
-        await self.out.to_sid(
-            sid, "error", {"message": "Event name must be a string", "code": "INVALID_PAYLOAD"}
-        )
+        message = self.texts.text("error.event_name")
+        await self.out.to_sid(sid, "error", {"message": message, "code": "INVALID_PAYLOAD"})
 
     # -- connection ----------------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if self.shutting_down:
-            raise socketio.exceptions.ConnectionRefusedError("Server is shutting down")
+            raise socketio.exceptions.ConnectionRefusedError(protocol.CONNECT_SHUTTING_DOWN)
         # The client address the transport resolved (X-Forwarded-For from a trusted proxy).
         address = environ.get("spacesync.address") or _client_address(environ)
         # The request's environment (every header, the request object) would otherwise stay
@@ -445,7 +449,9 @@ class SpaceServer:
         except BadInput as exc:
             self.abuse.count("sessionTokenTooLong")
             log.warn("E1002", f"Session token refused at connect: {exc}", **ctx)
-            raise socketio.exceptions.ConnectionRefusedError("Invalid session") from None
+            raise socketio.exceptions.ConnectionRefusedError(
+                protocol.CONNECT_INVALID_SESSION
+            ) from None
         if token is None:
             return
         session.connect_token = token
@@ -462,7 +468,9 @@ class SpaceServer:
             except LoginRefused as exc:
                 log.warn("E1002", f"Session verification failed: {exc}", spaceId=space_id, **ctx)
                 if not self.settings.development:
-                    raise socketio.exceptions.ConnectionRefusedError("Invalid session") from None
+                    raise socketio.exceptions.ConnectionRefusedError(
+                        protocol.CONNECT_INVALID_SESSION
+                    ) from None
             return
         result = await self.verifier.verify(
             token, space_id, session.address, self._verify_url(token)
@@ -484,7 +492,7 @@ class SpaceServer:
             return
         self._log_verification_failure(result.status, result.detail, spaceId=space_id, **ctx)
         if not self.settings.development:
-            raise socketio.exceptions.ConnectionRefusedError("Invalid session")
+            raise socketio.exceptions.ConnectionRefusedError(protocol.CONNECT_INVALID_SESSION)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         session = self.sessions.pop(sid, None)
@@ -523,7 +531,7 @@ class SpaceServer:
             identity = pre.identity
             if not identity.nickname:
                 if join.nickname is None:
-                    raise BadInput("nickname is required")
+                    raise BadInput("error.nickname.required")
                 identity = identity.with_profile(join.nickname, None, None)
             return await self.access.complete(
                 identity, join.space_id, app_role=pre.app_role, **session.context()
@@ -533,7 +541,7 @@ class SpaceServer:
 
         def client_identity(player_id: str | None, role: str | None) -> Identity:
             if join.nickname is None:
-                raise BadInput("nickname is required")
+                raise BadInput("error.nickname.required")
             return Identity(
                 player_id=player_id or anonymous_player_id(),
                 nickname=join.nickname,
@@ -549,7 +557,7 @@ class SpaceServer:
         if not token:
             if not dev:
                 log.warn("E1001", "Session token required", **ctx)
-                raise AuthRefused("Session token required", "SESSION_REQUIRED")
+                raise AuthRefused("error.session.required", "SESSION_REQUIRED")
             log.warn("E1001", "Joining without a session token (development)", **ctx)
             return client_identity(None, join.role)
         if dev and token.startswith("dev-"):
@@ -562,10 +570,10 @@ class SpaceServer:
             except LoginRefused as exc:
                 log.warn("E1002", f"Session verification failed: {exc}", **ctx)
                 if not dev:
-                    raise AuthRefused("Invalid session", "INVALID_SESSION") from None
+                    raise AuthRefused("error.session.invalid", "INVALID_SESSION") from None
                 return client_identity(join.player_id, join.role)
             if join.nickname is None:
-                raise BadInput("nickname is required")
+                raise BadInput("error.nickname.required")
             # As the original: the player id is the user's, the name and avatar the ones the
             # user chose on the page (the client's join).
             user = Identity(
@@ -587,11 +595,11 @@ class SpaceServer:
                 result.status, result.detail, address=session.address, **ctx
             )
             if not dev:
-                raise AuthRefused("Invalid session", "INVALID_SESSION")
+                raise AuthRefused("error.session.invalid", "INVALID_SESSION")
             return client_identity(join.player_id, join.role)
         nickname = verification.nickname or join.nickname
         if nickname is None:
-            raise BadInput("nickname is required")
+            raise BadInput("error.nickname.required")
         app_gave_avatar = verification.avatar_given
         verified = Identity(
             player_id=verification.participant_id,
@@ -617,7 +625,7 @@ class SpaceServer:
         try:
             identity = await self._resolve_identity(session, join)
         except AuthRefused as exc:
-            await self._refuse(session, str(exc), exc.code)
+            await self._refuse(session, self.texts.render(exc.text), exc.code)
             return
         if session.sid not in self.sessions:
             return  # disconnected while the app was verifying
@@ -676,7 +684,7 @@ class SpaceServer:
             result = await self.store.join(join.space_id, identity, session.sid, now)
         except Exception as exc:
             log.error("E2004", "Joining the space failed", exc=exc, **session.context())
-            await self._safe_error(session, "Could not join the space", "JOIN_FAILED")
+            await self._safe_error(session, self.texts.text("error.join.failed"), "JOIN_FAILED")
             return
         if result.replaced_sid is None and self.sessions.get(session.sid) is not session:
             # Closed while Redis wrote the entry: undone before anyone was told. (A join that
@@ -776,38 +784,53 @@ class SpaceServer:
         present: bool,
         *,
         tell_local: bool = True,
+        lost: bool = False,
     ) -> None:
         """The "X joined" / "X left" chat line about a player, now or coalesced for later
-        (churn of one player is not announced line by line; see :class:`NoticeThrottle`)."""
+        (churn of one player is not announced line by line; see :class:`NoticeThrottle`).
+        ``lost``: the player did not leave but lost the connection, which players are told
+        apart, as in FlowSpace (a drop may be worth waiting for; a leave is not)."""
         key = (space_id, player_id)
         when = self.notices.change(space_id, player_id, present, time.monotonic())
         if when == 0.0:
-            await self._send_presence_line(space_id, player_id, nickname, present, tell_local)
+            await self._send_presence_line(
+                space_id, player_id, nickname, present, tell_local, lost=lost
+            )
             return
         if when is None:
             if key in self._deferred_lines:
-                self._deferred_lines[key] = (nickname, tell_local)
+                self._deferred_lines[key] = (nickname, tell_local, lost)
             self.abuse.count("churnNoticeSuppressed")
             return
-        self._deferred_lines[key] = (nickname, tell_local)
+        self._deferred_lines[key] = (nickname, tell_local, lost)
         self.abuse.count("churnNoticeDeferred")
         asyncio.get_running_loop().call_later(when, self._presence_line_due, space_id, player_id)
 
     def _presence_line_due(self, space_id: str, player_id: str) -> None:
-        nickname, tell_local = self._deferred_lines.pop((space_id, player_id), ("", True))
+        nickname, tell_local, lost = self._deferred_lines.pop(
+            (space_id, player_id), ("", True, False)
+        )
         present = self.notices.due(space_id, player_id, time.monotonic())
         if present is None or not nickname or self.shutting_down:
             return
         task = asyncio.create_task(
-            self._send_presence_line(space_id, player_id, nickname, present, tell_local)
+            self._send_presence_line(space_id, player_id, nickname, present, tell_local, lost=lost)
         )
         self._line_tasks.add(task)
         task.add_done_callback(self._line_tasks.discard)
 
     async def _send_presence_line(
-        self, space_id: str, player_id: str, nickname: str, present: bool, tell_local: bool
+        self,
+        space_id: str,
+        player_id: str,
+        nickname: str,
+        present: bool,
+        tell_local: bool,
+        *,
+        lost: bool = False,
     ) -> None:
-        notice = system_message(f"{sanitize(nickname)} {'joined' if present else 'left'}")
+        key = "notice.joined" if present else "notice.disconnected" if lost else "notice.left"
+        notice = self._notice(self.texts.text(key, nickname=sanitize(nickname)))
         about = None if present else player_id  # a departure notice names its player
         if tell_local:
             await self.out.to_space(space_id, "chat:system", notice, about=about)
@@ -858,7 +881,7 @@ class SpaceServer:
             old_sid,
             "error",
             {
-                "message": "Connected from another device; this connection was closed",
+                "message": self.texts.text("error.session.duplicate"),
                 "code": "DUPLICATE_SESSION",
             },
         )
@@ -945,7 +968,12 @@ class SpaceServer:
         else:
             self.out.publish_remote(space_id, "player:left", left, about=player_id)
         await self._presence_line(
-            space_id, player_id, identity.nickname, False, tell_local=tell_local
+            space_id,
+            player_id,
+            identity.nickname,
+            False,
+            tell_local=tell_local,
+            lost=reason != "leave",
         )
         duration = time.time() - joined_at
         if log_exit:
@@ -1031,7 +1059,7 @@ class SpaceServer:
                 session.sid,
                 "error",
                 {
-                    "message": "Another player here already uses that nickname",
+                    "message": self.texts.text("error.profile.nickname_taken"),
                     "code": "NICKNAME_TAKEN",
                 },
             )
@@ -1126,7 +1154,8 @@ class SpaceServer:
         log.info(
             "E3002", "Message rejected by rate limit", rule=decision.reason, **session.context()
         )
-        payload: dict[str, Any] = {"message": decision.reason}
+        refusal = decision.refusal or Text("error.rate_limited.generic", {"seconds": 1})
+        payload: dict[str, Any] = {"message": self.texts.render(refusal)}
         if decision.retry_after:
             payload["retryAfter"] = decision.retry_after
         await self.out.to_sid(session.sid, channel, payload)
@@ -1136,7 +1165,7 @@ class SpaceServer:
         message = protocol.parse_chat(payload)
         if message.type == "whisper":
             if message.target_id is None and message.target_nickname is None:
-                raise BadInput("targetId or targetNickname is required")
+                raise BadInput("error.whisper.no_target")
             await self._whisper(session, message)
             return
         if message.type == "party":
@@ -1158,7 +1187,7 @@ class SpaceServer:
         _require_text(message)
         space_id, me = session.space_id, session.identity.player_id
         if message.target_id == me:
-            await self._whisper_error(session, "You cannot whisper to yourself")
+            await self._whisper_error(session, "error.whisper.self")
             return
         # The limit before the lookup: in a cluster a lookup reads Redis, so a flood of
         # whispers must be refused before it costs anything.
@@ -1167,22 +1196,24 @@ class SpaceServer:
         if message.target_id is not None:
             target = await self.store.player(space_id, message.target_id)
             if target is None:
-                await self._whisper_error(session, "That player is not in this space")
+                await self._whisper_error(session, "error.whisper.target_absent")
                 return
         else:
             assert message.target_nickname is not None
             matches = await self.store.players_named(space_id, message.target_nickname)
             if not matches:
-                await self._whisper_error(session, "No player with that nickname is here")
+                await self._whisper_error(
+                    session, "error.whisper.nickname_absent", nickname=message.target_nickname
+                )
                 return
             if len(matches) > 1:
                 await self._whisper_error(
-                    session, "Several players share that nickname; choose one from the list"
+                    session, "error.whisper.nickname_ambiguous", nickname=message.target_nickname
                 )
                 return
             target = matches[0]
         if target.id == me:
-            await self._whisper_error(session, "You cannot whisper to yourself")
+            await self._whisper_error(session, "error.whisper.self")
             return
         data = self._chat_data(
             session, message, targetId=target.id, targetNickname=target.identity.nickname
@@ -1203,7 +1234,10 @@ class SpaceServer:
         await self.out.to_sid(session.sid, "whisper:sent", data)
         self._save(session, "whisper", data, (target.id,), target=Author.of(target.identity))
 
-    async def _whisper_error(self, session: Session, message: str) -> None:
+    async def _whisper_error(self, session: Session, key: str, **params: Any) -> None:
+        """The text ``key`` on ``whisper:error``; a nickname among ``params`` is the
+        neutralised one the client sent (the original names it too)."""
+        message = self.texts.text(key, **params)
         await self.out.to_sid(session.sid, "whisper:error", {"message": message})
 
     # -- parties -------------------------------------------------------------------------------
@@ -1228,7 +1262,7 @@ class SpaceServer:
         assert session.space_id is not None and session.identity is not None
         name = sanitize(request.name).strip()
         if not name:
-            raise BadInput("Party name must contain text")  # it was only markup
+            raise BadInput("error.party.name_no_text")  # it was only markup
         async with self.store.parties(session.space_id) as parties:
             arrival = parties.create(_member(session.identity), name)
         await self._announce_arrival(session, arrival)
@@ -1239,7 +1273,7 @@ class SpaceServer:
         assert session.space_id is not None and session.identity is not None
         target = await self.store.player(session.space_id, request.target_id)
         if target is None:
-            raise PartyError("That player is not in this space")
+            raise PartyError("error.party.target_absent")
         pair = f"{session.identity.player_id}\n{target.id}"
         if await self._over_keyed_limit(
             session, "party:invite", INVITE_PAIR, pair
@@ -1359,7 +1393,8 @@ class SpaceServer:
 
     async def proximity_set(self, session: Session, payload: Any) -> None:
         if not session.joined:
-            await self.out.to_sid(session.sid, "proximity:error", {"message": "Join a space first"})
+            message = self.texts.text("error.not_joined")
+            await self.out.to_sid(session.sid, "proximity:error", {"message": message})
             return
         request = protocol.parse_proximity(payload)
         assert session.space_id is not None and session.identity is not None
@@ -1370,7 +1405,8 @@ class SpaceServer:
                 role=session.identity.role,
                 **session.context(),
             )
-            await self.out.to_sid(session.sid, "proximity:error", {"message": "Permission denied"})
+            message = self.texts.text("error.permission_denied")
+            await self.out.to_sid(session.sid, "proximity:error", {"message": message})
             return
         await self.store.set_proximity(session.space_id, request.enabled)
         await self.out.to_space(
@@ -1382,24 +1418,24 @@ class SpaceServer:
                 "changedBy": session.identity.player_id,
             },
         )
-        state = "on" if request.enabled else "off"
-        await self._system(
-            session.space_id,
-            f"{sanitize(session.identity.nickname)} turned proximity voice and video {state}",
-        )
+        key = "notice.proximity_on" if request.enabled else "notice.proximity_off"
+        nickname = sanitize(session.identity.nickname)
+        await self._system(session.space_id, self.texts.text(key, nickname=nickname))
 
     # -- system messages -----------------------------------------------------------------------
 
+    def _notice(self, content: str) -> dict[str, Any]:
+        """A ``chat:system`` message under the system's name in the node's language."""
+        return system_message(content, self.texts.system_sender())
+
     async def _system(self, space_id: str, content: str) -> None:
-        await self.out.to_space(space_id, "chat:system", system_message(content))
+        await self.out.to_space(space_id, "chat:system", self._notice(content))
 
     async def broadcast_system(self, content: str) -> None:
         """A system notice to every space this node serves (e.g. before a restart)."""
         spaces = {s.space_id for s in self.sessions.values() if s.space_id is not None}
         for space_id in spaces:
-            await self.out.to_space(
-                space_id, "chat:system", system_message(content), local_only=True
-            )
+            await self.out.to_space(space_id, "chat:system", self._notice(content), local_only=True)
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -1414,12 +1450,14 @@ class SpaceServer:
         return counts
 
 
-def system_message(content: str) -> dict[str, Any]:
+def system_message(content: str, sender: str) -> dict[str, Any]:
+    """A ``chat:system`` message; ``sender`` is the system's name in the node's language
+    (``senderId`` stays "system": clients recognise system messages by it)."""
     return {
         "id": _message_id(),
         "senderId": "system",
-        "senderNickname": "System",
-        "senderName": "System",
+        "senderNickname": sender,
+        "senderName": sender,
         "content": content,
         "timestamp": _now_ms(),
         "type": "system",
@@ -1429,7 +1467,7 @@ def system_message(content: str) -> dict[str, Any]:
 def _require_text(message: ChatMessage) -> None:
     """A message that was only markup would reach the others empty: refused instead."""
     if not sanitize(message.content).strip():
-        raise BadInput("Message must contain text")
+        raise BadInput("error.chat.no_text")
 
 
 def _member(identity: Identity) -> Member:

@@ -27,7 +27,7 @@ TEXTS: dict[str, str] = {
     # -- session, connection and joining (the bare `error` event) ----------------------------
     "error.session.invalid": "Invalid session",
     "error.session.required": "Session token required",
-    "error.session.duplicate": "Connected from another device; this connection was closed",
+    "error.session.duplicate": "Opened in another tab or device; this one was closed",
     "error.connect.shutting_down": "Server is shutting down",
     "error.join.failed": "Could not join the space",
     "error.join.banned": "You are banned from this space.",
@@ -75,9 +75,9 @@ TEXTS: dict[str, str] = {
     # -- whispers -----------------------------------------------------------------------------
     "error.whisper.no_target": "targetId or targetNickname is required",
     "error.whisper.target_absent": "That player is not in this space",
-    "error.whisper.nickname_absent": "No player with that nickname is here",
+    "error.whisper.nickname_absent": 'No player named "{nickname}" is here',
     "error.whisper.nickname_ambiguous": (
-        "Several players share that nickname; choose one from the list"
+        'Several players are named "{nickname}"; choose one from the list'
     ),
     "error.whisper.self": "You cannot whisper to yourself",
     "error.whisper.save_failed": "Your whisper could not be saved.",

@@ -83,9 +83,9 @@ TEXTS: dict[str, str] = {
     # -- whispers -----------------------------------------------------------------------------
     "error.whisper.no_target": "귓속말을 받을 사람을 지정해 주세요.",
     "error.whisper.target_absent": "상대방이 이 공간에 없습니다.",
-    "error.whisper.nickname_absent": "그 닉네임을 쓰는 사람이 이 공간에 없습니다.",
+    "error.whisper.nickname_absent": "'{nickname}'님을 이 공간에서 찾을 수 없습니다.",
     "error.whisper.nickname_ambiguous": (
-        "같은 닉네임을 쓰는 사람이 여럿입니다. 목록에서 골라 주세요."
+        "'{nickname}' 닉네임을 쓰는 사람이 여럿입니다. 목록에서 골라 주세요."
     ),
     "error.whisper.self": "자신에게는 귓속말을 보낼 수 없습니다.",
     "error.whisper.save_failed": "귓속말을 저장하지 못했습니다.",
