@@ -122,6 +122,43 @@ def test_keyed_limits_count_per_key_and_forget_old_windows() -> None:
     assert len(keyed) == 0
 
 
+def test_keyed_count_says_how_full_the_window_is_and_when_it_ends() -> None:
+    keyed = KeyedLimits(sweep_every=10**9)
+    hits = [keyed.count(RULE, "ann", 12.5) for _ in range(RULE.limit + 1)]
+    assert [h.allowed for h in hits] == [True] * RULE.limit + [False]
+    assert [h.count for h in hits] == [1, 2, 3, 3]
+    assert {h.retry_after for h in hits} == {8}  # the window [10, 20) ends in 7.5 s
+    assert hits[0].window == 1 and hits[-1].window == -1  # a refusal is not counted
+    assert not hits[0].shared
+
+
+def test_keyed_give_back_returns_the_allowance_within_its_window_only() -> None:
+    keyed = KeyedLimits(sweep_every=10**9)
+    hits = [keyed.count(RULE, "ann", 1.0) for _ in range(RULE.limit)]
+    refused = keyed.count(RULE, "ann", 1.0)
+    keyed.give_back(refused)  # nothing was counted for it
+    assert not keyed.admit(RULE, "ann", 1.0)
+    keyed.give_back(hits[-1])  # its handler refused it after all
+    assert keyed.count(RULE, "ann", 2.0).allowed
+    assert not keyed.count(RULE, "ann", 2.0).allowed
+    keyed.count(RULE, "ann", 11.0)
+    keyed.give_back(hits[0])  # an older window: the new one is untouched
+    assert keyed.count(RULE, "ann", 11.0).count == 2
+
+
+def test_keyed_note_goes_on_from_the_cluster_count() -> None:
+    """What Redis counted becomes the node's own count, should Redis then go away."""
+    keyed = KeyedLimits(sweep_every=10**9)
+    keyed.note(RULE, "ann", RULE.limit - 1, 1.0)
+    assert keyed.count(RULE, "ann", 1.0).allowed
+    assert not keyed.count(RULE, "ann", 1.0).allowed
+    keyed.note(RULE, "bob", 1, 1.0)
+    keyed.note(RULE, "bob", 0, 1.0)  # never lowered
+    assert keyed.count(RULE, "bob", 1.0).count == 2
+    keyed.note(RULE, "eve", 50, 1.0)
+    assert keyed.count(RULE, "eve", 11.0).count == 1  # a new window starts afresh
+
+
 def test_keyed_limits_sweep_by_themselves() -> None:
     keyed = KeyedLimits(sweep_every=100)
     for i in range(10_000):

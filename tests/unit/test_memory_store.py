@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spacesync.domain.identity import Identity
+from spacesync.domain.limits import INVITE_TARGET, JOIN_PLAYER
 from spacesync.domain.parties import Member, PartyError
 from spacesync.state.memory import MemoryStore
 
@@ -254,6 +255,31 @@ async def test_housekeeping_keeps_the_limit_fair(store: MemoryStore) -> None:
         await store.allow_chat("ann", f"m{i}", T0)
     await store.housekeeping(T0 + 1)
     assert not (await store.allow_chat("ann", "still limited", T0 + 2)).allowed
+
+
+async def test_per_player_limits_are_checked_and_counted_in_one_call(
+    store: MemoryStore,
+) -> None:
+    """SPEC §8: joins per player, whatever socket they come from; other players and other
+    rules have their own allowance."""
+    hits = [await store.hit_limit(JOIN_PLAYER, "ann", 1.0) for _ in range(JOIN_PLAYER.limit)]
+    assert all(h.allowed for h in hits) and hits[-1].count == JOIN_PLAYER.limit
+    refused = await store.hit_limit(JOIN_PLAYER, "ann", 2.0)
+    assert not refused.allowed and refused.retry_after == 58
+    assert (await store.hit_limit(JOIN_PLAYER, "bob", 2.0)).allowed
+    assert (await store.hit_limit(INVITE_TARGET, "ann", 2.0)).allowed
+    assert (await store.hit_limit(JOIN_PLAYER, "ann", 60.0)).allowed  # the next window
+
+
+async def test_a_given_back_event_frees_its_allowance(store: MemoryStore) -> None:
+    """An event refused by its handler (a malformed payload) does not use the allowance."""
+    hits = [await store.hit_limit(JOIN_PLAYER, "ann", 1.0) for _ in range(JOIN_PLAYER.limit)]
+    await store.give_back(hits[-1])
+    assert (await store.hit_limit(JOIN_PLAYER, "ann", 1.0)).allowed
+    refused = await store.hit_limit(JOIN_PLAYER, "ann", 1.0)
+    await store.give_back(refused)  # nothing was counted for a refusal
+    assert not refused.allowed
+    assert not (await store.hit_limit(JOIN_PLAYER, "ann", 1.0)).allowed
 
 
 async def test_a_single_node_store_is_ready(store: MemoryStore) -> None:

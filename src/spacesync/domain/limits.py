@@ -243,12 +243,34 @@ class SocketLimits:
         return self._window(rule, now).refused
 
 
+@dataclass(frozen=True, slots=True)
+class KeyedHit:
+    """What counting one event under a :class:`KeyedLimits` rule decided.
+
+    Carries what is needed to give the event back (:meth:`KeyedLimits.give_back`) when its
+    handler then refuses it, so that a malformed payload does not eat the allowance.
+    """
+
+    rule: Rule
+    key: str
+    allowed: bool
+    count: int
+    """Events counted in the window, this one included when it was allowed."""
+    retry_after: int
+    """Whole seconds until the window ends (at least 1)."""
+    window: int
+    """The window the event was counted in (-1 when it was not counted)."""
+    shared: bool = False
+    """Counted in the cluster's shared state rather than by this node alone."""
+
+
 class KeyedLimits:
     """Fixed-window counters keyed by (rule, key), shared by every socket of a node.
 
     Used for limits that follow a player rather than a socket (joins, leaves, renames, the
     invitations one player receives). An entry is forgotten once its window is over, so memory
-    follows recent activity, which the per-socket limits already bound.
+    follows recent activity, which the per-socket limits already bound. In a cluster the store
+    counts these in Redis and this is the node's own count while Redis is away.
     """
 
     __slots__ = ("_counts", "_hits", "sweep_every")
@@ -261,6 +283,10 @@ class KeyedLimits:
 
     def hit(self, rule: Rule, key: str, now: float) -> bool:
         """Count one event for ``key`` if it fits in the window; False (not counted) if not."""
+        return self.count(rule, key, now).allowed
+
+    def count(self, rule: Rule, key: str, now: float) -> KeyedHit:
+        """Count one event for ``key`` if it fits in the window, and say how full it is."""
         self._hits += 1
         if self._hits >= self.sweep_every:
             self._hits = 0
@@ -269,10 +295,28 @@ class KeyedLimits:
         slot = (rule.name, key)
         entry = self._counts.get(slot)
         count = entry[1] if entry is not None and entry[0] == index else 0
+        retry = rule.retry_after(now)
         if count >= rule.limit:
-            return False
+            return KeyedHit(rule, key, False, count, retry, -1)
         self._counts[slot] = (index, count + 1, (index + 1) * rule.window)
-        return True
+        return KeyedHit(rule, key, True, count + 1, retry, index)
+
+    def give_back(self, hit: KeyedHit) -> None:
+        """Uncount an allowed event that was not carried out after all (if its window is
+        still the current one: an older window no longer limits anything)."""
+        slot = (hit.rule.name, hit.key)
+        entry = self._counts.get(slot)
+        if hit.allowed and entry is not None and entry[0] == hit.window and entry[1] > 0:
+            self._counts[slot] = (entry[0], entry[1] - 1, entry[2])
+
+    def note(self, rule: Rule, key: str, count: int, now: float) -> None:
+        """Raise the count of ``key`` in the current window to ``count`` (what the cluster
+        counted), so that this node goes on from there should it have to count alone."""
+        index = rule.index(now)
+        slot = (rule.name, key)
+        entry = self._counts.get(slot)
+        if entry is None or entry[0] != index or entry[1] < count:
+            self._counts[slot] = (index, min(count, rule.limit), (index + 1) * rule.window)
 
     def admit(self, rule: Rule, key: str, now: float) -> bool:
         """Whether one more event for ``key`` fits, without counting it."""
@@ -377,5 +421,3 @@ class _Notices:
     """What the space was last told: arrived (True), left (False), or nothing yet (None)."""
     pending: bool = False
     times: deque[float] = field(default_factory=deque)
-
-

@@ -37,7 +37,7 @@ from ..domain.limits import (
     JOIN_PLAYER,
     MOVE,
     EventLimit,
-    KeyedLimits,
+    KeyedHit,
     NoticeThrottle,
     Rule,
     Verdict,
@@ -120,7 +120,6 @@ class SpaceServer:
         self.shutting_down = False
         self.events_handled = 0
         self.bad_inputs = 0
-        self.keyed_limits = KeyedLimits()
         self.notices = NoticeThrottle()
         self._deferred_lines: dict[tuple[str, str], tuple[str, bool, bool]] = {}
         self._line_tasks: set[asyncio.Task[None]] = set()
@@ -226,13 +225,17 @@ class SpaceServer:
                 return
             payload = args[0] if args else None
             now = time.monotonic()
-            if limit is not None and not await self._admit(session, event, limit, now):
-                return
+            taken: KeyedHit | None = None
+            if limit is not None:
+                admitted, taken = await self._admit(session, event, limit, now)
+                if not admitted:
+                    return
             try:
                 payload = protocol.check_envelope(args)
                 await handler(session, payload)
                 if limit is not None:
                     self._record(session, limit, now)
+                    taken = None
             except BadInput as exc:
                 self.bad_inputs += 1
                 target = channel
@@ -268,47 +271,54 @@ class SpaceServer:
                     **session.context(),
                 )
                 await self._safe_error(session, self.texts.text("error.internal"), "INTERNAL_ERROR")
+            finally:
+                if taken is not None:  # refused by its handler: the allowance is not used
+                    await self.store.give_back(taken)
 
         return guarded
 
     # -- rate limits (see domain/limits.py) -----------------------------------------------------
 
-    async def _admit(self, session: Session, event: str, limit: EventLimit, now: float) -> bool:
+    async def _admit(
+        self, session: Session, event: str, limit: EventLimit, now: float
+    ) -> tuple[bool, KeyedHit | None]:
         """Whether the event fits its per-socket and per-player limits; answers it if not.
 
-        Nothing is counted here: :meth:`_record` counts the event once its handler accepted it,
-        so malformed payloads keep their own replies (SPEC §8) and do not eat the allowance."""
-        rule = limit.socket
-        if session.limits.admit(rule, now):
-            player = limit.player
-            if (
-                player is None
-                or session.identity is None
-                or self.keyed_limits.admit(player, session.identity.player_id, now)
-            ):
-                return True
-            rule = player
-        await self._refuse_excess(session, event, rule, now)
-        return False
+        The per-socket limit is only checked here: :meth:`_record` counts the event once its
+        handler accepted it, so malformed payloads keep their own replies (SPEC §8) and do not
+        eat the allowance. The per-player limit is shared by the player's sockets on every
+        node, so the store checks and counts it in one step; the hit returned is given back
+        if the handler does not accept the event."""
+        if not session.limits.admit(limit.socket, now):
+            await self._refuse_excess(session, event, limit.socket, now)
+            return False, None
+        if limit.player is None or session.identity is None:
+            return True, None
+        hit = await self.store.hit_limit(limit.player, session.identity.player_id, now)
+        if hit.allowed:
+            return True, hit
+        await self._refuse_excess(session, event, limit.player, now, hit.retry_after)
+        return False, None
 
     def _record(self, session: Session, limit: EventLimit, now: float) -> None:
         session.limits.record(limit.socket, now)
-        if limit.player is not None and session.identity is not None:
-            self.keyed_limits.hit(limit.player, session.identity.player_id, now)
 
     async def _over_keyed_limit(self, session: Session, event: str, rule: Rule, key: str) -> bool:
-        """Count one event under a limit shared by sockets (per player, per invitation target);
-        True, after answering the client, if it is over."""
+        """Count one event under a limit shared by sockets (per player, per invitation target),
+        on every node of a cluster; True, after answering the client, if it is over."""
         now = time.monotonic()
-        if self.keyed_limits.hit(rule, key, now):
+        hit = await self.store.hit_limit(rule, key, now)
+        if hit.allowed:
             return False
-        await self._refuse_excess(session, event, rule, now)
+        await self._refuse_excess(session, event, rule, now, hit.retry_after)
         return True
 
-    async def _refuse_excess(self, session: Session, event: str, rule: Rule, now: float) -> None:
+    async def _refuse_excess(
+        self, session: Session, event: str, rule: Rule, now: float, wait: int | None = None
+    ) -> None:
         verdict = self._note_excess(session, rule, now)
         if verdict is not Verdict.QUIET:
-            await self._answer_excess(session, event, rule, verdict, now)
+            await self._answer_excess(session, event, rule, verdict, now, wait)
 
     def _note_excess(self, session: Session, rule: Rule, now: float) -> Verdict:
         """Count one refused event and log the first of each window (logs stay bounded)."""
@@ -335,7 +345,13 @@ class SpaceServer:
         return verdict
 
     async def _answer_excess(
-        self, session: Session, event: str, rule: Rule, verdict: Verdict, now: float
+        self,
+        session: Session,
+        event: str,
+        rule: Rule,
+        verdict: Verdict,
+        now: float,
+        wait: int | None = None,
     ) -> None:
         """One reply per window on the event's channel, or the disconnect of a client that keeps
         going; nobody else is told anything."""
@@ -348,7 +364,8 @@ class SpaceServer:
             self.out.write_out()  # the error goes before the disconnect
             await self.sio.disconnect(session.sid)
             return
-        wait = rule.retry_after(now)
+        if wait is None:  # a shared limit's window follows Redis time: the store gives it
+            wait = rule.retry_after(now)
         message = self.texts.rate_limited(rule.name, wait)
         channel = protocol.ERROR_CHANNEL.get(event, "error")
         await self.out.to_sid(

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from ..domain.chat import ChatDecision
 from ..domain.identity import Identity
+from ..domain.limits import KeyedHit, Rule
 from ..domain.parties import SpaceParties
 from ..domain.space import PlayerState
 
@@ -86,6 +87,16 @@ class StateStore(Protocol):
         a departure has nothing to take out of the parties)."""
 
     async def allow_chat(self, player_id: str, content: str, now: float) -> ChatDecision: ...
+
+    async def hit_limit(self, rule: Rule, key: str, now: float) -> KeyedHit:
+        """Check and count one event under a limit that follows a player or a target rather
+        than a socket, in one step: in a cluster the player's sockets may sit on several nodes,
+        and a check followed by a separate count would let them all pass together. ``now`` is
+        ``time.monotonic()``."""
+
+    async def give_back(self, hit: KeyedHit) -> None:
+        """Uncount an event :meth:`hit_limit` allowed but that was not carried out (a
+        malformed payload does not eat the allowance)."""
 
     async def space_sizes(self) -> dict[str, int]: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -9,19 +10,22 @@ from typing import Any
 
 from ..domain.chat import ChatDecision, ChatRateLimiter
 from ..domain.identity import Identity, nickname_key
+from ..domain.limits import KeyedHit, KeyedLimits, Rule
 from ..domain.parties import SpaceParties
 from ..domain.space import PlayerState
 from .base import JoinResult
 
 
 class MemoryStore:
-    """Spaces, parties, proximity flags and chat limits held in this process."""
+    """Spaces, parties, proximity flags, chat limits and per-player limits held in this
+    process."""
 
     def __init__(self) -> None:
         self._spaces: dict[str, dict[str, PlayerState]] = {}
         self._parties: dict[str, SpaceParties] = {}
         self._proximity: dict[str, bool] = {}
         self._chat = ChatRateLimiter()
+        self._limits = KeyedLimits()
 
     async def join(self, space_id: str, identity: Identity, sid: str, now: float) -> JoinResult:
         roster = self._spaces.setdefault(space_id, {})
@@ -124,6 +128,12 @@ class MemoryStore:
     async def allow_chat(self, player_id: str, content: str, now: float) -> ChatDecision:
         return self._chat.check(player_id, content, now)
 
+    async def hit_limit(self, rule: Rule, key: str, now: float) -> KeyedHit:
+        return self._limits.count(rule, key, now)
+
+    async def give_back(self, hit: KeyedHit) -> None:
+        self._limits.give_back(hit)
+
     async def space_sizes(self) -> dict[str, int]:
         return {space: len(roster) for space, roster in self._spaces.items()}
 
@@ -134,6 +144,7 @@ class MemoryStore:
         for parties in self._parties.values():
             parties.prune_invitations(now)
         self._chat.forget_idle(now)
+        self._limits.sweep(time.monotonic())
 
     async def ready(self) -> bool:
         return True

@@ -12,6 +12,8 @@ Layout (``spacesync:`` prefix):
 - ``space:<id>:proximity`` — ``"1"``/``"0"``; ``space:<id>:parties`` — JSON of the parties,
   changed only under ``space:<id>:parties:lock``; ``party-counts`` — hash space -> live parties;
 - ``chat:<playerId>`` — the player's rate-limit history, expiring;
+- ``limit:<rule>:<key>:<window>`` — events counted under a per-player or per-target limit in
+  one window of Redis time (see :meth:`RedisStore.hit_limit`), expiring with the window;
 - ``nodes`` — sorted set node -> last heartbeat (Redis time, ms); ``node-index`` — set of nodes
   that own players; ``node:<node>:players`` — hash ``space\\x1fplayer`` -> socket id;
   ``node:<node>`` — the node's figures, expiring;
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +49,7 @@ from ..domain.chat import (
     too_fast,
 )
 from ..domain.identity import Identity, nickname_candidates, nickname_key
+from ..domain.limits import KeyedHit, KeyedLimits, Rule
 from ..domain.parties import Party, SpaceParties
 from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
 from ..integrations.app_api import MAX_EXIT_AGE, ClaimedStay, ExitEvent, token_digest
@@ -54,6 +58,9 @@ from .base import Departed, JoinResult, StoreUnavailable
 PREFIX = "spacesync:"
 POSITION_WRITE_SECONDS = 0.05
 CHAT_HISTORY_MS = 60_000
+LIMIT_TTL_MARGIN_MS = 1_000
+"""A window's counter outlives the window by this much, so that a give-back arriving just after
+the window ended finds it (and cannot create a counter without an expiry)."""
 PARTY_LOCK_SECONDS = 5.0
 PARTY_LOCK_POLL = 0.01
 """Seconds between tries for a busy party lock (the holder keeps it for a round trip or two)."""
@@ -186,6 +193,33 @@ end
 local times = {}
 for i, at in ipairs(kept) do times[i] = string.format('%.6f', at) end
 return {verdict, string.format('%.6f', now), times, last or '', repeats}
+"""
+
+# One event under a per-player or per-target limit (joins, renames, invitations), checked and
+# counted in one step so that a player's sockets on several nodes share one allowance. Fixed
+# windows aligned on Redis time, the same for every node; the counter's name ends with the
+# window, so it is built here from KEYS[1], and it expires with the window.
+# ARGV: limit, window (ms), expiry margin (ms).
+# Returns {1 counted | 0 over the limit, count in the window, ms until it ends, window}.
+_HIT_LIMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local index = math.floor(now / window)
+local counter = KEYS[1] .. ':' .. string.format('%d', index)
+local left = (index + 1) * window - now
+local count = tonumber(redis.call('GET', counter)) or 0
+if count >= limit then return {0, count, left, index} end
+count = redis.call('INCR', counter)
+redis.call('PEXPIRE', counter, left + tonumber(ARGV[3]))
+return {1, count, left, index}
+"""
+
+# An event counted by _HIT_LIMIT that was not carried out; a counter already gone stays gone.
+_GIVE_BACK = """
+local count = tonumber(redis.call('GET', KEYS[1]))
+if count and count > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
 """
 
 _SET_POSITIONS = """
@@ -392,6 +426,12 @@ class RedisStore:
         self._chat_counted: dict[str, tuple[list[float], float]] = {}
         """Player -> (accepted message times in Redis time, the matching monotonic offset):
         a player already at the limit is refused without asking Redis."""
+        self._limits = KeyedLimits()
+        """This node's own count of per-player and per-target limits, used while Redis is
+        away (raised to the cluster's count whenever Redis answers)."""
+        self._limits_full: dict[tuple[str, str], float] = {}
+        """(rule, key) -> monotonic time its window ends, for keys Redis found at the limit:
+        refused without asking Redis until then."""
         self._dirty: dict[str, set[str]] = {}
         self._write_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -400,6 +440,8 @@ class RedisStore:
         self._restore = client.register_script(_RESTORE)
         self._set_positions = client.register_script(_SET_POSITIONS)
         self._allow_chat = client.register_script(_ALLOW_CHAT)
+        self._hit_limit = client.register_script(_HIT_LIMIT)
+        self._give_back = client.register_script(_GIVE_BACK)
         self._set_entry = client.register_script(_SET_ENTRY)
         self._hold = client.register_script(_HOLD)
         self._claim = client.register_script(_CLAIM)
@@ -1044,6 +1086,44 @@ class RedisStore:
             return REPEATED
         return too_fast(times[0] + window - redis_now if times else window)
 
+    async def hit_limit(self, rule: Rule, subject: str, now: float) -> KeyedHit:
+        """A limit per player or per target across the cluster, checked and counted by one
+        script. A key this node already saw at the limit is refused without asking Redis until
+        its window ends; while Redis is away each node counts alone, as before."""
+        slot = (rule.name, subject)
+        full_until = self._limits_full.get(slot)
+        if full_until is not None:
+            left = full_until - time.monotonic()
+            if left > 0:
+                return KeyedHit(rule, subject, False, rule.limit, max(1, math.ceil(left)), -1)
+            del self._limits_full[slot]
+        try:
+            allowed, count, left_ms, window = await self._shared(
+                lambda: self._hit_limit(
+                    keys=[key("limit", rule.name, subject)],
+                    args=[rule.limit, round(rule.window * 1000), LIMIT_TTL_MARGIN_MS],
+                )
+            )
+        except StoreUnavailable:
+            return self._limits.count(rule, subject, now)
+        count, left = int(count), int(left_ms) / 1000
+        if count >= rule.limit:
+            self._limits_full[slot] = time.monotonic() + left
+        self._limits.note(rule, subject, count, now)
+        retry = max(1, math.ceil(left))
+        return KeyedHit(rule, subject, int(allowed) == 1, count, retry, int(window), shared=True)
+
+    async def give_back(self, hit: KeyedHit) -> None:
+        if not hit.allowed:
+            return
+        if not hit.shared:
+            self._limits.give_back(hit)
+            return
+        self._limits_full.pop((hit.rule.name, hit.key), None)
+        counter = f"{key('limit', hit.rule.name, hit.key)}:{hit.window}"
+        with contextlib.suppress(StoreUnavailable):
+            await self._shared(lambda: self._give_back(keys=[counter]))
+
     async def space_sizes(self) -> dict[str, int]:
         async def read() -> dict[str, int]:
             spaces = sorted(s.decode() for s in await self.redis.smembers(key("spaces")))
@@ -1074,6 +1154,10 @@ class RedisStore:
         for player_id, (times, offset) in list(self._chat_counted.items()):
             if not times or times[-1] - offset < horizon:
                 del self._chat_counted[player_id]
+        clock = time.monotonic()
+        self._limits.sweep(clock)
+        for slot in [slot for slot, until in self._limits_full.items() if until <= clock]:
+            del self._limits_full[slot]
         if not self.healthy:
             return
         for space_id in list(self._local):
