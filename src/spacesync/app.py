@@ -48,6 +48,8 @@ HOUSEKEEPING_SECONDS = 30.0
 SHUTDOWN_BUDGET = 7.5
 CLOSE_GRACE = 0.3
 REDIS_TIMEOUT = 1.0
+STORAGE_RETRY = 5.0
+"""Seconds between attempts to open a database that was down at start."""
 REDIS_CONNECTIONS = 64
 SOCKETIO_PATH = "/socket.io/"
 _GET_PATHS = frozenset({"/", "/health", "/health/ready", "/metrics"})
@@ -152,6 +154,7 @@ class SpacesyncNode:
         self.store: StateStore = store or MemoryStore()
         self.storage: Storage | None = None
         """Opened by :meth:`start` (chat history); ``None`` until then or if it failed."""
+        self._storage_retry: asyncio.Task[None] | None = None
         self.sio = SpaceSocketServer(
             client_manager=RoomManager(),
             async_mode="aiohttp",
@@ -542,10 +545,37 @@ class SpacesyncNode:
         except SchemaError:
             raise
         except (StorageError, ValueError) as exc:
-            log.error("E4006", f"Chat history is off: the storage could not be opened: {exc}")
+            log.error(
+                "E4006",
+                f"The storage could not be opened; trying again every {STORAGE_RETRY:.0f} s: {exc}",
+            )
+            self._storage_retry = asyncio.get_running_loop().create_task(self._reopen_storage())
             return
-        self.server.storage = self.storage
-        self.server.chat_log.storage = self.storage
+        self._use_storage(self.storage)
+
+    def _use_storage(self, storage: Storage) -> None:
+        self.server.storage = storage
+        self.server.chat_log.storage = storage
+
+    async def _reopen_storage(self) -> None:
+        """A database that was down at start is opened as soon as it answers: until then chat
+        is delivered but not kept and roles fall back to the app's or PARTICIPANT."""
+        while not self.stopping:
+            await asyncio.sleep(STORAGE_RETRY)
+            try:
+                storage = await open_storage(self.settings)
+            except SchemaError as exc:
+                log.error("E6003", f"The database does not have the tables spacesync needs: {exc}")
+                return
+            except (StorageError, ValueError):
+                continue
+            if self.stopping:
+                await storage.close()
+                return
+            self.storage = storage
+            self._use_storage(storage)
+            log.info("I4005", "The storage is open", kind=storage.kind)
+            return
 
     async def start(self) -> None:
         await self._open_storage()
@@ -751,6 +781,8 @@ class SpacesyncNode:
         await self.exits.close()
         await self.app_client.close()
         await self.server.chat_log.close(1.0)
+        if self._storage_retry is not None:
+            self._storage_retry.cancel()
         if self.storage is not None:
             with contextlib.suppress(Exception):
                 await self.storage.close()

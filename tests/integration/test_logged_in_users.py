@@ -287,6 +287,27 @@ async def test_a_down_database_lets_players_join_as_participants(
     assert await asyncio.to_thread(ready, server) == 200
 
 
+async def test_a_database_down_at_start_is_opened_once_it_answers(
+    bridge: Bridge, start_server: Any, lost_database: tuple[str, str, World]
+) -> None:
+    """A node started while its database refuses connections serves players at once and picks
+    the database up when it comes back: the owner then gets their role without a restart."""
+    name, dsn, world = lost_database
+    await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    server = start_server(
+        **PRODUCTION, DATABASE_URL=dsn, AUTH_SESSIONS="signed", AUTH_TOKEN_SECRET=SECRET
+    )
+    await server.wait_for_log(code="E4006", level="error")
+    first, room = await joined(bridge, server, world.space, signed(world.owner), "Owner")
+    assert room["yourPlayerId"] == f"user-{world.owner}"
+    assert await switch_proximity(first) == "denied"  # no database: no role yet
+    await first.disconnect()
+    await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    await server.wait_for_log(code="I4005", timeout=15)
+    again, _ = await joined(bridge, server, world.space, signed(world.owner), "Owner")
+    assert await switch_proximity(again) == "changed"
+
+
 def test_a_database_without_flowspace_tables_stops_start_up() -> None:
     check_postgres()
     name = asyncio.run(create_database(load_schema=False))
