@@ -454,24 +454,26 @@ async def test_whisper_to_a_player_who_left_the_other_node(
     assert sender.received("whisper:sent") == []
 
 
-async def test_whisper_by_a_nickname_shared_across_nodes_is_refused(
+async def test_a_nickname_taken_on_another_node_is_suffixed_and_whispers_find_one_player(
     bridge: Bridge, cluster: Cluster
 ) -> None:
-    """SPEC §4 (`whisper:send` errors), §9: a nickname held by two players, one on each node, is
-    ambiguous cluster-wide: `whisper:error`, and neither receives anything; by id it works."""
+    """SPEC §4 (`whisper:send` by nickname), §9: nicknames are unique cluster-wide, so a player
+    joining node B as "sam" while "Sam" is on node A becomes "sam (2)"; a whisper to "SAM"
+    reaches only the first, a whisper to "sam (2)" only the second."""
     a, b = await cluster(2)
     space = space_id()
     sender = await dev_join(bridge, a, space, "Sender")
     sam_a = await dev_join(bridge, a, space, "Sam")
     sam_b = await dev_join(bridge, b, space, "sam")
     await sees_join([sender, sam_a], sam_b)
+    (joined,) = [p for p in sender.received("player:joined") if p["id"] == sam_b.player_id]
+    assert joined["nickname"] == "sam (2)"
 
-    await sender.emit("whisper:send", {"targetNickname": "SAM", "content": "which one?"})
-    assert isinstance((await sender.wait_for("whisper:error"))["message"], str)
-    await sam_a.expect_nothing("whisper:receive", within=QUIET)
-    await sam_b.expect_nothing("whisper:receive", within=0.1)
+    await sender.emit("whisper:send", {"targetNickname": "SAM", "content": "first one"})
+    assert (await sam_a.wait_for("whisper:receive"))["content"] == "first one"
+    await sam_b.expect_nothing("whisper:receive", within=QUIET)
 
-    await sender.emit("whisper:send", {"targetId": sam_b.player_id, "content": "you"})
+    await sender.emit("whisper:send", {"targetNickname": "sam (2)", "content": "you"})
     assert (await sam_b.wait_for("whisper:receive"))["content"] == "you"
     await sam_a.expect_nothing("whisper:receive", within=0.2)
 
