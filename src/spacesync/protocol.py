@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .domain.chat import escape_markup, plain_text
 from .domain.identity import (
     AVATAR_COLORS,
@@ -60,6 +62,14 @@ ERROR_CHANNEL: dict[str, str] = {
     "joinParty": "party:error",
     "leaveParty": "party:error",
     "proximity:set": "proximity:error",
+    "reaction:toggle": "reaction:error",
+    "recording:start": "recording:error",
+    "recording:stop": "recording:error",
+    "spotlight:activate": "spotlight:error",
+    "spotlight:deactivate": "spotlight:error",
+    "object:place": "object:error",
+    "object:update": "object:error",
+    "object:delete": "object:error",
 }
 
 
@@ -487,3 +497,165 @@ def parse_zone_join(payload: Any) -> PartyZoneJoin:
 def parse_proximity(payload: Any) -> ProximitySet:
     data = _object(payload, "proximity:set")
     return ProximitySet(bool(_boolean(data, "enabled")))
+
+
+# --------------------------------------------------------------------------------------------
+# Reactions, recording, spotlight, map objects
+
+REACTION_TYPES = frozenset({"thumbsup", "heart", "check"})
+"""The reactions FlowSpace's client offers (``ReactionType``); it draws nothing for others."""
+ROTATIONS = (0, 90, 180, 270)
+MAX_GRID = 100_000
+"""Grid cells from the origin an object may sit at: far beyond any map, and well inside the
+32-bit ``Int`` columns of ``MapObject``."""
+MAX_CUSTOM_DATA = 4096
+"""Bytes of ``customData`` (as compact JSON): FlowSpace keeps a pair's type and role there."""
+MAX_CUSTOM_DEPTH = 4
+MAX_CUSTOM_KEY = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionToggle:
+    message_id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPlace:
+    asset_id: str
+    x: int
+    y: int
+    rotation: int
+    linked_object_id: str | None
+    custom_data: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectUpdate:
+    object_id: str
+    position: tuple[int, int] | None
+    rotation: int | None
+    linked_object_id: str | None
+    """Meaningful only when :attr:`link_given`: ``None`` then unlinks."""
+    link_given: bool
+    custom_data: dict[str, Any] | None
+    """``None`` leaves the data as it is (as the original, which ignored a null)."""
+
+
+def parse_reaction(payload: Any) -> ReactionToggle:
+    data = _object(payload, "reaction:toggle")
+    message_id = _identifier(data, "messageId") or ""
+    kind = data.get("type")
+    if not _one_of(kind, REACTION_TYPES):
+        raise BadInput("error.input.invalid", field="type")
+    return ReactionToggle(message_id, str(kind))
+
+
+def parse_no_fields(payload: Any, event: str) -> None:
+    """``recording:*`` and ``spotlight:*`` carry nothing (the client sends ``{}``); a payload
+    that is not an object is still refused, so the contract stays one object or nothing."""
+    _optional_object(payload, event)
+
+
+def _grid(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadInput("error.input.not_number", field=field)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise BadInput("error.input.invalid", field=field)
+    number = int(value)
+    if abs(number) > MAX_GRID:
+        raise BadInput("error.input.out_of_range", field=field)
+    return number
+
+
+def _position(data: dict[str, Any]) -> tuple[int, int] | None:
+    value = data.get("position")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadInput("error.input.not_object", field="position")
+    return _grid(value.get("x"), "position.x"), _grid(value.get("y"), "position.y")
+
+
+def _rotation(data: dict[str, Any]) -> int | None:
+    value = data.get("rotation")
+    if value is None:
+        return None
+    if isinstance(value, bool) or value not in ROTATIONS:
+        raise BadInput("error.input.invalid", field="rotation")
+    return int(value)
+
+
+def _custom_value(value: Any, depth: int) -> None:
+    if depth > MAX_CUSTOM_DEPTH:
+        raise BadInput("error.input.too_deep")
+    if isinstance(value, str):
+        if CONTROL_RE.search(value):
+            raise BadInput("error.input.invalid", field="customData")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            if len(name) > MAX_CUSTOM_KEY or CONTROL_RE.search(name):
+                raise BadInput("error.input.invalid", field="customData")
+            _custom_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _custom_value(item, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadInput("error.input.invalid", field="customData")
+
+
+def _custom_data(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Free JSON the client interprets (a portal's pair role...), relayed to every player and
+    stored in a JSONB column: an object, bounded in size and depth, without control
+    characters in its strings."""
+    value = data.get("customData")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadInput("error.input.not_object", field="customData")
+    _custom_value(value, 1)
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:
+        raise BadInput("error.input.invalid", field="customData") from None
+    if size > MAX_CUSTOM_DATA:
+        raise BadInput("error.input.too_long", field="customData", limit=MAX_CUSTOM_DATA)
+    return value
+
+
+def parse_object_place(payload: Any) -> ObjectPlace:
+    data = _object(payload, "object:place")
+    position = _position(data)
+    if position is None:
+        raise BadInput("error.input.required", field="position")
+    return ObjectPlace(
+        asset_id=_identifier(data, "assetId") or "",
+        x=position[0],
+        y=position[1],
+        rotation=_rotation(data) or 0,
+        linked_object_id=_identifier(data, "linkedObjectId", required=False),
+        custom_data=_custom_data(data),
+    )
+
+
+def parse_object_update(payload: Any) -> ObjectUpdate:
+    data = _object(payload, "object:update")
+    link_given = "linkedObjectId" in data
+    link = data.get("linkedObjectId")
+    if link == "":
+        link = None  # the original unlinks on an empty id as on null
+    elif link is not None:
+        link = _identifier(data, "linkedObjectId")
+    return ObjectUpdate(
+        object_id=_identifier(data, "objectId") or "",
+        position=_position(data),
+        rotation=_rotation(data),
+        linked_object_id=link,
+        link_given=link_given,
+        custom_data=_custom_data(data),
+    )
+
+
+def parse_object_delete(payload: Any) -> str:
+    data = _object(payload, "object:delete")
+    return _identifier(data, "objectId") or ""

@@ -267,14 +267,9 @@ class SpaceSocket(async_socket.AsyncSocket):  # type: ignore[misc]
 
     async def refuse(self, reason: str) -> None:
         """Close the session at once for hostile input: no CLOSE packet, no waiting for the
-        client's close handshake (it may be busy streaming), just the TCP connection gone.
-        Replies to what the client sent before still go out first (``transport.close`` sends
-        what is buffered), so the client can tell which of its messages were answered."""
+        client's close handshake (it may be busy streaming), just the TCP connection gone."""
         transport = self._transport if self.upgraded else None
         if transport is not None and not transport.is_closing():
-            flush = self.server.flush_writes
-            if flush is not None:
-                flush()
             transport.close()
         await self.close(wait=False, abort=True, reason=reason)
         # Gone at once: a long-polling client's next request is answered 400 (unknown

@@ -45,6 +45,7 @@ from hypothesis.internal.conjecture import engine as _hypothesis_engine
 from socketio import packet as sio_packet
 
 from support.ids import dev_token, space_id, unique
+from support.live_shapes import live_shape_problems
 from support.server import ServerProcess
 
 T = TypeVar("T")
@@ -66,6 +67,7 @@ MAX_COORD = 1_000_000
 SPAWN = {"x": 480, "y": 320, "direction": "down", "isMoving": False}
 
 ERROR_CHANNELS = ("error", "chat:error", "whisper:error", "party:error", "proximity:error")
+ERROR_CHANNELS += ("reaction:error", "recording:error", "spotlight:error", "object:error")
 
 # Client -> server events (SPEC §4).
 CLIENT_EVENTS = (
@@ -86,9 +88,19 @@ CLIENT_EVENTS = (
     "joinParty",
     "leaveParty",
     "proximity:set",
+    "reaction:toggle",
+    "recording:start",
+    "recording:stop",
+    "spotlight:activate",
+    "spotlight:deactivate",
+    "object:place",
+    "object:update",
+    "object:delete",
 )
 # Events whose payload is an object (SPEC §4 table): anything else is bad input (SPEC §8).
 OBJECT_PAYLOAD_EVENTS = frozenset(CLIENT_EVENTS) - {"leave:space", "leaveParty", "party:leave"}
+OBJECT_PAYLOAD_EVENTS -= {"recording:start", "recording:stop"}  # the client sends {}
+OBJECT_PAYLOAD_EVENTS -= {"spotlight:activate", "spotlight:deactivate"}
 
 # Largest Engine.IO message a generated payload may produce: the transport refuses more than
 # 64 KiB (SPEC §8), which is tested on its own.
@@ -1349,6 +1361,8 @@ def shape_problems(event: Any, payload: Any) -> list[str]:
         return _fields(payload, where, partyId=_is_id)
     if event == "party:declined":
         return _fields(payload, where, partyId=_is_id, targetId=_is_id)
+    if (live := live_shape_problems(event, payload)) is not None:
+        return live
     return [f"unexpected event from the server: {event!r} {_short(payload)}"]
 
 

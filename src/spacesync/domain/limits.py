@@ -80,6 +80,13 @@ _PROXIMITY = Rule("rateLimited.proximity", 5, 10.0, "proximity changes")
 _JOIN = Rule("rateLimited.join", 5, 10.0, "joins")
 _LEAVE = Rule("rateLimited.leave", 5, 10.0, "leaves")
 _LEAVE_PLAYER = Rule("rateLimited.leavePlayer", 20, 60.0, "leaves")
+_REACTION = Rule("rateLimited.reaction", 30, 10.0, "reactions")
+_RECORDING = Rule("rateLimited.recording", 5, 10.0, "recording changes")
+"""Start and stop together: each one is announced to the whole space."""
+_SPOTLIGHT = Rule("rateLimited.spotlight", 5, 10.0, "spotlight changes")
+_OBJECT = Rule("rateLimited.object", 40, 10.0, "object changes")
+"""Place, update and delete together: an editor places and moves objects by clicking,
+and each change is written to the database and announced to the whole space."""
 
 JOIN_PLAYER = Rule("rateLimited.joinPlayer", 20, 60.0, "joins")
 """``join:space`` per player id, across sockets: checked once the identity is known."""
@@ -105,6 +112,14 @@ EVENT_LIMITS: dict[str, EventLimit] = {
     "proximity:set": EventLimit(_PROXIMITY),
     "join:space": EventLimit(_JOIN),
     "leave:space": EventLimit(_LEAVE, _LEAVE_PLAYER),
+    "reaction:toggle": EventLimit(_REACTION),
+    "recording:start": EventLimit(_RECORDING),
+    "recording:stop": EventLimit(_RECORDING),
+    "spotlight:activate": EventLimit(_SPOTLIGHT),
+    "spotlight:deactivate": EventLimit(_SPOTLIGHT),
+    "object:place": EventLimit(_OBJECT),
+    "object:update": EventLimit(_OBJECT),
+    "object:delete": EventLimit(_OBJECT),
 }
 """Per-event limits checked before the handler runs. Events sharing a :class:`Rule` share its
 allowance (``party:accept`` and ``party:decline`` together, for instance). Adding an event is

@@ -54,6 +54,7 @@ from ..state.base import Departed, JoinResult, StateStore, StoreUnavailable
 from ..storage import Storage
 from ..texts import Catalog, Text, TextError
 from .identity import Access, LoginRefused
+from .live import LiveEvents
 from .session import PreVerified, Session
 
 Handler = Callable[[Session, Any], Awaitable[None]]
@@ -128,6 +129,8 @@ class SpaceServer:
         self._departing = 0
         self._departures_done = asyncio.Event()
         self._departures_done.set()
+        self.live = LiveEvents(self)
+        """Reactions, recording, spotlight and map objects (see :mod:`.live`)."""
         self._register()
 
     # -- wiring --------------------------------------------------------------------------------
@@ -155,6 +158,7 @@ class SpaceServer:
             "leaveParty": self.party_leave_zone,
             "proximity:set": self.proximity_set,
         }
+        routes.update(self.live.routes())
         for event, handler in routes.items():
             sio.on(event, self._guard(event, handler))
         sio.on("*", self._ignore_unknown)
@@ -747,6 +751,7 @@ class SpaceServer:
                 "proximity": await self.store.proximity(join.space_id),
             },
         )
+        await self.live.send_join_state(session, join.space_id)
         await self.out.to_sid(
             session.sid, "proximity:status", {"enabled": await self.store.proximity(join.space_id)}
         )
@@ -868,6 +873,7 @@ class SpaceServer:
                 "proximity": enabled,
             },
         )
+        await self.live.send_join_state(session, space_id)
         await self.out.to_sid(session.sid, "proximity:status", {"enabled": enabled})
 
     async def evict_replaced_here(self, space_id: str, player_id: str, sid: str) -> None:
@@ -979,6 +985,7 @@ class SpaceServer:
             departures = []
         for departure in departures:
             await self._announce_departure(space_id, departure, leaver)
+        await self.live.player_departed(space_id, identity)  # before player:left
         left = {"id": player_id}
         if tell_local:
             await self.out.to_space(space_id, "player:left", left, about=player_id)

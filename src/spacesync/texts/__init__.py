@@ -50,6 +50,10 @@ RATE_LIMIT_KEYS: dict[str, str] = {
     "rateLimited.joinPlayer": "error.rate_limited.join",
     "rateLimited.leave": "error.rate_limited.leave",
     "rateLimited.leavePlayer": "error.rate_limited.leave",
+    "rateLimited.reaction": "error.rate_limited.reaction",
+    "rateLimited.recording": "error.rate_limited.recording",
+    "rateLimited.spotlight": "error.rate_limited.spotlight",
+    "rateLimited.object": "error.rate_limited.object",
 }
 """The text answering each rate-limit rule (by ``Rule.name``); a rule without one gets
 ``error.rate_limited.generic``. Several rules over the same events share a text."""

@@ -139,6 +139,11 @@ TEXTS: dict[str, str] = {
     "error.object.place_failed": "The object could not be placed.",
     "error.object.update_failed": "The object could not be changed.",
     "error.object.delete_failed": "The object could not be removed.",
+    "error.object.invalid_link": (
+        "That link is not possible: the other object is missing or already linked."
+    ),
+    # -- reactions (reaction:error) --------------------------------------------------------
+    "error.reaction.full": "This message has too many reactions already.",
     # -- malformed payloads (the message names the wire field) --------------------------------
     "error.input.single_payload": "Events take a single payload",
     "error.input.too_deep": "Payload is nested too deeply",

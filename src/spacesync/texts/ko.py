@@ -147,6 +147,11 @@ TEXTS: dict[str, str] = {
     "error.object.place_failed": "오브젝트를 놓지 못했습니다.",
     "error.object.update_failed": "오브젝트를 바꾸지 못했습니다.",
     "error.object.delete_failed": "오브젝트를 지우지 못했습니다.",
+    "error.object.invalid_link": (
+        "연결할 수 없습니다. 상대 오브젝트가 없거나 이미 연결되어 있습니다."
+    ),
+    # -- reactions (reaction:error) --------------------------------------------------------
+    "error.reaction.full": "이 메시지에는 리액션이 이미 너무 많습니다.",
     # -- malformed payloads -------------------------------------------------------------------
     "error.input.single_payload": "이벤트에는 데이터를 하나만 보낼 수 있습니다.",
     "error.input.too_deep": "데이터가 너무 깊게 중첩되어 있습니다.",
