@@ -122,7 +122,7 @@ async def test_owner_or_staff_switches_proximity_for_the_whole_space(
     await host.emit("proximity:set", {"enabled": True})
     for client in everyone:
         changed = await client.wait_for("proximity:changed")
-        assert changed == {"spaceId": space, "enabled": True, "changedBy": host.player_id}
+        assert changed == {"spaceId": space, "enabled": True, "changedBy": "Host"}
         notice = await client.wait_for("chat:system")
         assert notice["type"] == "system"
         assert notice["senderId"] == "system"
@@ -133,7 +133,7 @@ async def test_owner_or_staff_switches_proximity_for_the_whole_space(
     await host.emit("proximity:set", {"enabled": False})
     for client in everyone:
         changed = await client.wait_for("proximity:changed")
-        assert changed == {"spaceId": space, "enabled": False, "changedBy": host.player_id}
+        assert changed == {"spaceId": space, "enabled": False, "changedBy": "Host"}
         assert (await client.wait_for("chat:system", lambda m: "joined" not in m["content"]))[
             "type"
         ] == "system"
@@ -310,7 +310,7 @@ async def test_production_role_from_the_app_is_honoured(
 ) -> None:
     """SPEC §2.1, §4: a session the app verifies as STAFF or OWNER may set proximity even
     though the client claims nothing (or less); the space receives `proximity:changed` with
-    the app's participant id as `changedBy`."""
+    the player's nickname as `changedBy`."""
     space = space_id()
     other = await guest(bridge, prod_server, app_standin, space, "Other")
     staff = await guest(
@@ -327,7 +327,7 @@ async def test_production_role_from_the_app_is_honoured(
     await staff.emit("proximity:set", {"enabled": True})
     for client in (staff, other):
         changed = await client.wait_for("proximity:changed")
-        assert changed == {"spaceId": space, "enabled": True, "changedBy": staff.player_id}
+        assert changed == {"spaceId": space, "enabled": True, "changedBy": "Staff"}
     assert staff.player_id is not None and staff.player_id.startswith("participant-")
     await staff.expect_nothing("proximity:error", within=0.0)
 
@@ -352,7 +352,7 @@ async def test_production_staff_verified_at_connect(
 
     await staff.emit("proximity:set", {"enabled": True})
     changed = await other.wait_for("proximity:changed")
-    assert changed == {"spaceId": space, "enabled": True, "changedBy": staff_id}
+    assert changed == {"spaceId": space, "enabled": True, "changedBy": "Staff"}
 
 
 async def test_production_dev_token_claiming_owner_gets_nowhere(

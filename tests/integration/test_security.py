@@ -99,7 +99,7 @@ async def assert_proximity_allowed(client: JsClient, allowed: bool) -> None:
     if allowed:
         changed = await client.wait_for("proximity:changed")
         assert changed["enabled"] is True
-        assert changed["changedBy"] == client.player_id
+        assert changed["changedBy"] == client.nickname
         await client.expect_nothing("proximity:error", within=0.2)
     else:
         assert await client.wait_for("proximity:error") == {"message": "Permission denied"}

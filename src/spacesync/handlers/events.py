@@ -1439,7 +1439,7 @@ class SpaceServer:
             {
                 "spaceId": session.space_id,
                 "enabled": request.enabled,
-                "changedBy": session.identity.player_id,
+                "changedBy": session.identity.nickname,
             },
         )
         key = "notice.proximity_on" if request.enabled else "notice.proximity_off"
