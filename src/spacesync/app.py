@@ -211,6 +211,7 @@ class SpacesyncNode:
             self.broadcaster.bus = self.bus
             self.bus.receiver = self.broadcaster
             self.bus.on_evict = self.server.evict_replaced_here
+            self.bus.on_signal = self.server.moderation.on_signal
             self.monitor.member = self.server
         self.web = web.Application()
         self._add_routes()

@@ -85,6 +85,7 @@ class ClusterBus:
         self.node = node
         self.receiver: BusReceiver | None = None
         self.on_evict: Callable[[str, str, str], Awaitable[None]] | None = None
+        self.on_signal: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
         self.on_down: Callable[[BaseException], None] | None = None
         self.published = 0
         self.received = 0
@@ -144,6 +145,13 @@ class ClusterBus:
         """Ask ``node`` to close ``sid``: its player joined again through this node."""
         header = {"k": "x", "o": self.node, "s": space_id, "p": player_id, "sid": sid}
         self._publish(node_channel(node), orjson.dumps(header) + b"\n")
+
+    def publish_signal(self, space_id: str, body: dict[str, Any]) -> None:
+        """An order about players of a space for every node serving it (a kick, a mute): on
+        the space's channel, so it reaches whichever node holds the player without anyone
+        having to know which one."""
+        header = {"k": "c", "o": self.node, "s": space_id}
+        self._publish(space_channel(space_id), orjson.dumps(header) + b"\n" + orjson.dumps(body))
 
     def _publish(self, channel: str, message: bytes) -> None:
         if not self.connected or len(self._outbox) >= MAX_PENDING_PUBLISHES:
@@ -247,6 +255,8 @@ class ClusterBus:
             receiver.deliver_event(header["s"], body, header.get("p"))
         elif kind == "x" and self.on_evict is not None:
             await self.on_evict(header["s"], header["p"], header["sid"])
+        elif kind == "c" and self.on_signal is not None:
+            await self.on_signal(header["s"], orjson.loads(body))
 
     # -- life cycle ----------------------------------------------------------------------------
 

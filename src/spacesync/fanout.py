@@ -226,6 +226,11 @@ class Broadcaster:
         if self.bus is not None:
             self.bus.publish_evict(node, space_id, player_id, sid)
 
+    def signal_elsewhere(self, space_id: str, body: dict[str, Any]) -> None:
+        """An order about players of a space (kick, mute) for the other nodes serving it."""
+        if self.bus is not None:
+            self.bus.publish_signal(space_id, body)
+
     def publish_remote(
         self, space_id: str, event: str, data: Any, about: str | None = None
     ) -> None:

@@ -23,6 +23,7 @@ from .domain.identity import (
     NicknameError,
     clean_nickname,
 )
+from .domain.moderation import MAX_MUTE_MINUTES, TargetRef, parse_target
 from .texts import TextError
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
@@ -70,6 +71,12 @@ ERROR_CHANNEL: dict[str, str] = {
     "object:place": "object:error",
     "object:update": "object:error",
     "object:delete": "object:error",
+    "admin:mute": "admin:error",
+    "admin:unmute": "admin:error",
+    "admin:kick": "admin:error",
+    "admin:unban": "admin:error",
+    "admin:deleteMessage": "admin:error",
+    "admin:announce": "admin:error",
 }
 
 
@@ -497,6 +504,108 @@ def parse_zone_join(payload: Any) -> PartyZoneJoin:
 def parse_proximity(payload: Any) -> ProximitySet:
     data = _object(payload, "proximity:set")
     return ProximitySet(bool(_boolean(data, "enabled")))
+
+
+# --------------------------------------------------------------------------------------------
+# Moderation (admin:*)
+
+MAX_TARGET = 200
+MAX_REASON = 200
+
+
+@dataclass(frozen=True, slots=True)
+class AdminTarget:
+    """``targetMemberId``: ``"nickname:<nick>"`` (neutralised here), ``"user:<id>"``,
+    ``"guest:<id>"`` or a bare id (see :mod:`spacesync.domain.moderation`)."""
+
+    target: TargetRef
+
+
+@dataclass(frozen=True, slots=True)
+class AdminMute:
+    target: TargetRef
+    minutes: float | None
+    """``None``: permanent."""
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKick:
+    target: TargetRef
+    ban: bool
+    reason: str | None
+
+
+def _target(data: dict[str, Any]) -> TargetRef:
+    raw = (_string(data, "targetMemberId") or "").strip()
+    if not raw or len(raw) > MAX_TARGET:
+        raise BadInput("error.input.length", field="targetMemberId", limit=MAX_TARGET)
+    ref = parse_target(raw)
+    if ref.kind == "nickname":
+        try:
+            return TargetRef("nickname", clean_nickname(ref.value))
+        except NicknameError:
+            raise BadInput("error.input.invalid", field="targetMemberId") from None
+    if not ID_RE.fullmatch(ref.value):
+        raise BadInput("error.input.bad_id", field="targetMemberId")
+    return ref
+
+
+def _reason(data: dict[str, Any]) -> str | None:
+    """An optional reason, trimmed and neutralised: it is relayed to the whole space."""
+    value = _string(data, "reason", required=False)
+    if value is None:
+        return None
+    if len(value) > MAX_REASON:
+        raise BadInput("error.input.too_long", field="reason", limit=MAX_REASON)
+    if CONTROL_RE.search(value):
+        raise BadInput("error.input.invalid", field="reason")
+    text = " ".join(escape_markup(plain_text(value)).split())
+    return text or None
+
+
+def parse_admin_target(payload: Any, event: str) -> AdminTarget:
+    return AdminTarget(_target(_object(payload, event)))
+
+
+def parse_admin_mute(payload: Any) -> AdminMute:
+    """``duration`` in minutes; absent, null or 0 means permanent, as in the original."""
+    data = _object(payload, "admin:mute")
+    target = _target(data)
+    duration = data.get("duration")
+    minutes: float | None = None
+    if duration is not None:
+        if isinstance(duration, bool) or not isinstance(duration, int | float):
+            raise BadInput("error.input.not_number", field="duration")
+        if not math.isfinite(duration) or duration < 0 or duration > MAX_MUTE_MINUTES:
+            raise BadInput("error.admin.duration", minutes=MAX_MUTE_MINUTES)
+        minutes = float(duration) if duration else None
+        if minutes is not None and minutes < 1:
+            raise BadInput("error.admin.duration", minutes=MAX_MUTE_MINUTES)
+    return AdminMute(target, minutes, _reason(data))
+
+
+def parse_admin_kick(payload: Any) -> AdminKick:
+    data = _object(payload, "admin:kick")
+    target = _target(data)
+    ban = _boolean(data, "ban", required=False)
+    return AdminKick(target, bool(ban), _reason(data))
+
+
+def parse_admin_delete(payload: Any) -> str:
+    """The ``messageId`` (a database id, as ``chat:messageIdUpdate`` gave it)."""
+    return _identifier(_object(payload, "admin:deleteMessage"), "messageId") or ""
+
+
+def parse_admin_announce(payload: Any) -> str:
+    """The announcement as typed (trimmed); neutralised by the handler like chat."""
+    return _text(
+        _object(payload, "admin:announce"),
+        "content",
+        MAX_CONTENT,
+        empty="error.admin.announcement_empty",
+        too_long="error.chat.too_long",
+    )
 
 
 # --------------------------------------------------------------------------------------------

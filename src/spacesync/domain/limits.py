@@ -87,6 +87,11 @@ _SPOTLIGHT = Rule("rateLimited.spotlight", 5, 10.0, "spotlight changes")
 _OBJECT = Rule("rateLimited.object", 40, 10.0, "object changes")
 """Place, update and delete together: an editor places and moves objects by clicking,
 and each change is written to the database and announced to the whole space."""
+_ADMIN = Rule("rateLimited.admin", 10, 10.0, "moderation actions")
+"""Mute, unmute, kick, unban and message deletion together: each one is a click on a member,
+and each reaches the whole space."""
+_ANNOUNCE = Rule("rateLimited.announce", 3, 30.0, "announcements")
+"""An announcement interrupts every player in the space; it is also counted with chat."""
 
 JOIN_PLAYER = Rule("rateLimited.joinPlayer", 20, 60.0, "joins")
 """``join:space`` per player id, across sockets: checked once the identity is known."""
@@ -120,6 +125,12 @@ EVENT_LIMITS: dict[str, EventLimit] = {
     "object:place": EventLimit(_OBJECT),
     "object:update": EventLimit(_OBJECT),
     "object:delete": EventLimit(_OBJECT),
+    "admin:mute": EventLimit(_ADMIN),
+    "admin:unmute": EventLimit(_ADMIN),
+    "admin:kick": EventLimit(_ADMIN),
+    "admin:unban": EventLimit(_ADMIN),
+    "admin:deleteMessage": EventLimit(_ADMIN),
+    "admin:announce": EventLimit(_ANNOUNCE),
 }
 """Per-event limits checked before the handler runs. Events sharing a :class:`Rule` share its
 allowance (``party:accept`` and ``party:decline`` together, for instance). Adding an event is

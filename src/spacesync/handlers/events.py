@@ -55,6 +55,7 @@ from ..storage import Storage
 from ..texts import Catalog, Text, TextError
 from .identity import Access, LoginRefused
 from .live import LiveEvents
+from .moderation import Moderation
 from .session import PreVerified, Session
 
 Handler = Callable[[Session, Any], Awaitable[None]]
@@ -117,6 +118,17 @@ class SpaceServer:
         self.chat_log = ChatLog(broadcaster, Catalog(settings.locale), storage)
         """Writes chat, whispers and party messages after delivery (see :mod:`..chatlog`)."""
         self.sessions: dict[str, Session] = {}
+        self.moderation = Moderation(
+            sio=sio,
+            out=broadcaster,
+            store=store,
+            texts=texts,
+            sessions=self.sessions,
+            storage=lambda: self.storage,
+            notice=self._notice,
+            refuse=self._refuse,
+        )
+        """Mutes, kicks, bans, message deletion, announcements (see :mod:`.moderation`)."""
         self.per_address: dict[str, int] = {}
         self.shutting_down = False
         self.events_handled = 0
@@ -157,6 +169,7 @@ class SpaceServer:
             "joinParty": self.party_join_zone,
             "leaveParty": self.party_leave_zone,
             "proximity:set": self.proximity_set,
+            **self.moderation.routes(),
         }
         routes.update(self.live.routes())
         for event, handler in routes.items():
@@ -652,6 +665,8 @@ class SpaceServer:
             return  # disconnected while the app was verifying
         if await self._over_keyed_limit(session, "join:space", JOIN_PLAYER, identity.player_id):
             return
+        if not await self.moderation.admit(session, join.space_id, identity):
+            return  # banned from this space
         async with self._membership(session):
             if self.sessions.get(session.sid) is not session or session.closing_reason:
                 return  # closed while an earlier join or leave of this socket ran
@@ -1196,6 +1211,8 @@ class SpaceServer:
             await self._party_chat(session, message)
             return
         _require_text(message)
+        if await self.moderation.refuse_muted(session, "chat:error"):
+            return
         if await self._rate_limited(session, message.content, "chat:error"):
             return
         assert session.space_id is not None
@@ -1212,6 +1229,8 @@ class SpaceServer:
         space_id, me = session.space_id, session.identity.player_id
         if message.target_id == me:
             await self._whisper_error(session, "error.whisper.self")
+            return
+        if await self.moderation.refuse_muted(session, "whisper:error"):
             return
         # The limit before the lookup: in a cluster a lookup reads Redis, so a flood of
         # whispers must be refused before it costs anything.
@@ -1272,6 +1291,8 @@ class SpaceServer:
     async def _party_chat(self, session: Session, message: ChatMessage) -> None:
         assert session.space_id is not None and session.identity is not None
         _require_text(message)
+        if await self.moderation.refuse_muted(session, "party:error"):
+            return
         if await self._rate_limited(session, message.content, "party:error"):
             return  # before the party lock, which a flood would otherwise keep busy
         async with self.store.parties(session.space_id) as parties:

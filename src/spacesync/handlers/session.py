@@ -9,6 +9,7 @@ from typing import Any
 
 from ..domain.identity import Identity
 from ..domain.limits import SocketLimits
+from ..domain.moderation import Mute
 
 
 @dataclass(slots=True)
@@ -47,6 +48,11 @@ class Session:
     membership_holder: asyncio.Task[Any] | None = None
     """The task holding :attr:`membership` (a socket closed from inside its own join does
     not wait for itself)."""
+    mute: Mute | None = None
+    """The mute in force on this player in this space (restored at the join, changed by
+    moderation on any node): checked on every message without a round trip."""
+    mute_timer: asyncio.TimerHandle | None = None
+    """Lifts :attr:`mute` when it lapses (a timed mute only)."""
 
     @property
     def joined(self) -> bool:

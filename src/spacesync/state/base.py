@@ -100,6 +100,17 @@ class StateStore(Protocol):
 
     async def space_sizes(self) -> dict[str, int]: ...
 
+    async def player_restriction(self, space_id: str, player_id: str) -> dict[str, Any] | None:
+        """The mute or ban of a player the database cannot name (a development session has
+        neither a user id nor a guest session), or ``None``; a lapsed mute is ``None``.
+        Shared by the cluster, so a rejoin through another node finds it."""
+
+    async def set_player_restriction(
+        self, space_id: str, player_id: str, record: dict[str, Any] | None
+    ) -> None:
+        """Keep (``{"restriction", "until"?, "reason"?}``, ``until`` in epoch milliseconds) or
+        lift (``None``) such a restriction; a mute is forgotten when it lapses."""
+
     async def party_count(self) -> int: ...
 
     async def housekeeping(self, now: float) -> None:

@@ -26,6 +26,7 @@ class MemoryStore:
         self._proximity: dict[str, bool] = {}
         self._chat = ChatRateLimiter()
         self._limits = KeyedLimits()
+        self._restrictions: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def join(self, space_id: str, identity: Identity, sid: str, now: float) -> JoinResult:
         roster = self._spaces.setdefault(space_id, {})
@@ -136,6 +137,22 @@ class MemoryStore:
 
     async def space_sizes(self) -> dict[str, int]:
         return {space: len(roster) for space, roster in self._spaces.items()}
+
+    async def player_restriction(self, space_id: str, player_id: str) -> dict[str, Any] | None:
+        record = self._restrictions.get((space_id, player_id))
+        until = record.get("until") if record else None
+        if until is not None and until <= time.time() * 1000:
+            del self._restrictions[(space_id, player_id)]
+            return None
+        return record
+
+    async def set_player_restriction(
+        self, space_id: str, player_id: str, record: dict[str, Any] | None
+    ) -> None:
+        if record is None:
+            self._restrictions.pop((space_id, player_id), None)
+        else:
+            self._restrictions[(space_id, player_id)] = dict(record)
 
     async def party_count(self) -> int:
         return sum(len(p) for p in self._parties.values())

@@ -1138,6 +1138,27 @@ class RedisStore:
         except StoreUnavailable:
             return self.local_sizes()
 
+    async def player_restriction(self, space_id: str, player_id: str) -> dict[str, Any] | None:
+        name = key("restriction", space_id, player_id)
+        raw = await self._shared(lambda: self.redis.get(name))
+        return orjson.loads(raw) if raw else None
+
+    async def set_player_restriction(
+        self, space_id: str, player_id: str, record: dict[str, Any] | None
+    ) -> None:
+        """A timed mute is kept with the remaining time as its expiry: Redis forgets it when it
+        lapses, and nothing has to sweep it."""
+        name = key("restriction", space_id, player_id)
+        if record is None:
+            await self._shared(lambda: self.redis.delete(name))
+            return
+        until = record.get("until")
+        ttl_ms = None if until is None else int(until - time.time() * 1000)
+        if ttl_ms is not None and ttl_ms <= 0:
+            await self._shared(lambda: self.redis.delete(name))
+            return
+        await self._shared(lambda: self.redis.set(name, orjson.dumps(record), px=ttl_ms))
+
     def local_sizes(self) -> dict[str, int]:
         return {space: len(players) for space, players in self._local.items() if players}
 

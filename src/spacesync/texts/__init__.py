@@ -54,6 +54,8 @@ RATE_LIMIT_KEYS: dict[str, str] = {
     "rateLimited.recording": "error.rate_limited.recording",
     "rateLimited.spotlight": "error.rate_limited.spotlight",
     "rateLimited.object": "error.rate_limited.object",
+    "rateLimited.admin": "error.rate_limited.admin",
+    "rateLimited.announce": "error.rate_limited.announce",
 }
 """The text answering each rate-limit rule (by ``Rule.name``); a rule without one gets
 ``error.rate_limited.generic``. Several rules over the same events share a text."""

@@ -24,6 +24,7 @@ TEXTS: dict[str, str] = {
     "notice.kicked": "{moderator} removed {nickname} from the space.",
     "notice.banned": "{moderator} banned {nickname} from the space.",
     "notice.with_reason": "{notice} Reason: {reason}",
+    "notice.unbanned": "{moderator} lifted the ban on {nickname}.",
     # -- session, connection and joining (the bare `error` event) ----------------------------
     "error.session.invalid": "Invalid session",
     "error.session.required": "Session token required",
@@ -60,6 +61,7 @@ TEXTS: dict[str, str] = {
     "error.rate_limited.leave": "Too many leaves. Wait {seconds:seconds}.",
     "error.rate_limited.reaction": "Too many reactions. Wait {seconds:seconds}.",
     "error.rate_limited.admin": "Too many moderation actions. Wait {seconds:seconds}.",
+    "error.rate_limited.announce": "Too many announcements. Wait {seconds:seconds}.",
     "error.rate_limited.recording": "Too many recording changes. Wait {seconds:seconds}.",
     "error.rate_limited.spotlight": "Too many spotlight changes. Wait {seconds:seconds}.",
     "error.rate_limited.object": "Too many object changes. Wait {seconds:seconds}.",
@@ -120,6 +122,13 @@ TEXTS: dict[str, str] = {
     "error.admin.message_elsewhere": "That message is not from this space.",
     "error.admin.announcement_empty": "An announcement must contain text.",
     "error.admin.failed": "Something went wrong; try again.",
+    "error.admin.target_unknown": "No member of this space matches {target}.",
+    "error.admin.outranked": "You cannot do this to someone whose role is equal to or above yours.",
+    "error.admin.not_banned": "{nickname} is not banned from this space.",
+    "error.admin.no_history": "Messages are not stored on this server, so none can be deleted.",
+    "error.admin.not_saved": (
+        "The database did not answer: this lasts only until {nickname} leaves the space."
+    ),
     # -- recording (recording:error) ----------------------------------------------------------
     "error.recording.staff_only": "Only staff and the owner can record.",
     "error.recording.already": "{nickname} is already recording.",

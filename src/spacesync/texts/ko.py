@@ -32,6 +32,7 @@ TEXTS: dict[str, str] = {
     "notice.kicked": "{moderator}님이 {nickname}님을 공간에서 내보냈습니다.",
     "notice.banned": "{moderator}님이 {nickname}님을 이 공간에서 차단했습니다.",
     "notice.with_reason": "{notice} (사유: {reason})",
+    "notice.unbanned": "{moderator}님이 {nickname}님의 차단을 해제했습니다.",
     # -- session, connection and joining (the bare `error` event) ----------------------------
     "error.session.invalid": "세션이 유효하지 않습니다. 페이지를 새로고침한 뒤 다시 입장해 주세요.",
     "error.session.required": "세션 정보가 없습니다. 공간에 다시 입장해 주세요.",
@@ -66,6 +67,7 @@ TEXTS: dict[str, str] = {
     "error.rate_limited.leave": "퇴장 요청이 너무 많습니다." + _RETRY,
     "error.rate_limited.reaction": "리액션을 너무 자주 보냈습니다." + _RETRY,
     "error.rate_limited.admin": "관리 명령을 너무 자주 보냈습니다." + _RETRY,
+    "error.rate_limited.announce": "공지를 너무 자주 보냈습니다." + _RETRY,
     "error.rate_limited.recording": "녹화를 너무 자주 켜고 껐습니다." + _RETRY,
     "error.rate_limited.spotlight": "스포트라이트를 너무 자주 켜고 껐습니다." + _RETRY,
     "error.rate_limited.object": "오브젝트를 너무 자주 바꿨습니다." + _RETRY,
@@ -128,6 +130,13 @@ TEXTS: dict[str, str] = {
     "error.admin.message_elsewhere": "다른 공간의 메시지입니다.",
     "error.admin.announcement_empty": "공지 내용을 입력해 주세요.",
     "error.admin.failed": "처리하지 못했습니다. 다시 시도해 주세요.",
+    "error.admin.target_unknown": "{target}에 해당하는 멤버가 없습니다.",
+    "error.admin.outranked": "같거나 더 높은 역할의 멤버에게는 할 수 없습니다.",
+    "error.admin.not_banned": "{nickname}님은 이 공간에서 차단되어 있지 않습니다.",
+    "error.admin.no_history": "이 서버는 메시지를 저장하지 않아 삭제할 수 없습니다.",
+    "error.admin.not_saved": (
+        "데이터베이스가 응답하지 않아 {nickname}님이 공간을 나갈 때까지만 적용됩니다."
+    ),
     # -- recording (recording:error) ----------------------------------------------------------
     "error.recording.staff_only": "스태프와 공간 소유자만 녹화할 수 있습니다.",
     "error.recording.already": "{nickname}님이 이미 녹화하고 있습니다.",
