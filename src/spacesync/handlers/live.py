@@ -137,6 +137,8 @@ class LiveEvents:
     async def reaction_toggle(self, session: Session, payload: Any) -> None:
         request = protocol.parse_reaction(payload)
         space_id, me = self._joined(session)
+        if await self.server.moderation.refuse_muted(session, "reaction:error"):
+            return  # a muted player says nothing to the space, reactions included
         outcome = await self.state.toggle_reaction(
             space_id, request.message_id, request.type, me.player_id
         )
