@@ -68,8 +68,6 @@ SPAWN = {"x": 480, "y": 320, "direction": "down", "isMoving": False}
 
 ERROR_CHANNELS = ("error", "chat:error", "whisper:error", "party:error", "proximity:error")
 ERROR_CHANNELS += ("reaction:error", "recording:error", "spotlight:error", "object:error")
-ERROR_CHANNELS += ("reaction:error", "recording:error", "spotlight:error", "object:error")
-ERROR_CHANNELS += ("reaction:error", "recording:error", "spotlight:error", "object:error")
 
 # Client -> server events (SPEC §4).
 CLIENT_EVENTS = (
@@ -101,10 +99,6 @@ CLIENT_EVENTS = (
 )
 # Events whose payload is an object (SPEC §4 table): anything else is bad input (SPEC §8).
 OBJECT_PAYLOAD_EVENTS = frozenset(CLIENT_EVENTS) - {"leave:space", "leaveParty", "party:leave"}
-OBJECT_PAYLOAD_EVENTS -= {"recording:start", "recording:stop"}  # the client sends {}
-OBJECT_PAYLOAD_EVENTS -= {"spotlight:activate", "spotlight:deactivate"}
-OBJECT_PAYLOAD_EVENTS -= {"recording:start", "recording:stop"}  # the client sends {}
-OBJECT_PAYLOAD_EVENTS -= {"spotlight:activate", "spotlight:deactivate"}
 OBJECT_PAYLOAD_EVENTS -= {"recording:start", "recording:stop"}  # the client sends {}
 OBJECT_PAYLOAD_EVENTS -= {"spotlight:activate", "spotlight:deactivate"}
 
