@@ -93,13 +93,17 @@ async def presence_ids(server: ServerProcess, space: str) -> set[str]:
     return {user["id"] for user in response.json()["onlineUsers"]}
 
 
-async def assert_proximity_allowed(client: JsClient, allowed: bool) -> None:
-    """The role is observable through `proximity:set` (SPEC §4): only OWNER / STAFF may."""
+async def assert_proximity_allowed(
+    client: JsClient, allowed: bool, nickname: str | None = None
+) -> None:
+    """The role is observable through `proximity:set` (SPEC §4): only OWNER / STAFF may.
+    ``changedBy`` is the changer's nickname as the server knows it (``nickname``, when the app
+    gave another one than the client sent)."""
     await client.emit("proximity:set", {"enabled": True})
     if allowed:
         changed = await client.wait_for("proximity:changed")
         assert changed["enabled"] is True
-        assert changed["changedBy"] == client.nickname
+        assert changed["changedBy"] == (nickname or client.nickname)
         await client.expect_nothing("proximity:error", within=0.2)
     else:
         assert await client.wait_for("proximity:error") == {"message": "Permission denied"}
@@ -536,7 +540,7 @@ async def test_development_accepted_token_uses_app_identity(
     assert joined["yourPlayerId"] == participant
     me = by_id(joined["players"])[participant]
     assert (me["nickname"], me.get("avatarColor")) == ("Appy", "orange")
-    await assert_proximity_allowed(client, allowed=True)
+    await assert_proximity_allowed(client, allowed=True, nickname="Appy")
 
 
 @pytest.mark.parametrize("token", [None, ""], ids=["missing", "empty"])
