@@ -345,10 +345,17 @@ class SpaceSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     async def close(
         self, wait: bool = True, abort: bool = False, reason: str | None = None
     ) -> None:
+        """Close the session without waiting for the client to fetch anything.
+
+        engine.io's ``wait`` waits until the queue is empty, that is, for a long-polling
+        client to come and GET the CLOSE packet. One that never does (it POSTed a packet type
+        a client may not send, so the server closes it during that POST) would hold the POST
+        and a task forever; and once the session is gone its GETs are refused anyway. A GET
+        already waiting still receives the CLOSE packet."""
         self.next_ping = 0.0
         self._release()
         direct = self.direct_transport() is not None
-        await super().close(wait=wait and not direct, abort=abort, reason=reason)
+        await super().close(wait=False, abort=abort, reason=reason)
         if not direct:
             # A long-poll still waiting for packets is answered now rather than when its
             # timeout (35 s) runs out: the socket is gone.

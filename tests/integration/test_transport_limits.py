@@ -234,6 +234,29 @@ async def test_binary_event_from_the_official_client_closes_its_connection(
     await assert_undisturbed(other, listener, "after a binary event")
 
 
+@pytest.mark.parametrize("engine_packet", ["2", "6", "0"], ids=["ping", "noop", "open"])
+async def test_polling_packet_a_client_may_not_send_is_refused_at_once(
+    start_server: ServerFactory, engine_packet: str
+) -> None:
+    """A long-polling POST of an Engine.IO packet only the server sends closes the session and
+    is answered 400 at once: the close does not wait for a GET that will never come (it held
+    the request and a task for good, logged at shutdown as an error). Nothing is left open."""
+    server = start_server(NODE_ENV="development")
+    polling = RawPolling(server.url)
+    polling.http.timeout = httpx.Timeout(3.0)
+    try:
+        assert (await polling.open()).status_code == 200
+        await polling.connect()
+        assert (await polling.post(engine_packet)).status_code == 400
+        assert (await polling.post("3")).status_code == 400
+    finally:
+        await polling.aclose()
+    await asyncio.sleep(0.6)
+    assert (await metrics(server))["connections"]["total"] == 0
+    server.stop()
+    assert server.find_logs(level="error") == []
+
+
 # -- per-address sessions and handshake rate ------------------------------------------------------
 
 
