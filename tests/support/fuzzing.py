@@ -1034,6 +1034,26 @@ TEMPLATES: dict[str, dict[str, Callable[[Gen], Any]]] = {
     "joinParty": {"partyId": Gen.party_ref, "partyName": Gen.content},
     "leaveParty": {},
     "proximity:set": {"enabled": Gen.boolean},
+    "reaction:toggle": {
+        "messageId": Gen.identifier,
+        "type": lambda g: g.r.choice(["thumbsup", "heart", "check", "like"]),
+    },
+    "recording:start": {},
+    "recording:stop": {},
+    "spotlight:activate": {},
+    "spotlight:deactivate": {},
+    "object:place": {
+        "assetId": Gen.identifier,
+        "position": lambda g: {"x": g.coordinate(), "y": g.coordinate()},
+        "rotation": lambda g: g.r.choice([0, 90, 180, 270, 45]),
+        "customData": lambda g: {"pairType": g.content()},
+    },
+    "object:update": {
+        "objectId": Gen.identifier,
+        "position": lambda g: {"x": g.coordinate(), "y": g.coordinate()},
+        "linkedObjectId": Gen.identifier,
+    },
+    "object:delete": {"objectId": Gen.identifier},
 }
 
 # -- strategies ------------------------------------------------------------------------------
