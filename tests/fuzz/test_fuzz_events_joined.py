@@ -7,11 +7,15 @@ sends back), §2 (identity bound to the socket), §10 (``/health``, ``/presence`
 §11 (no error-level log, no traceback, one JSON object per line).
 
 Each example sends a batch of generated messages for one event — its payload with each field
-valid, hostile (wrong types, huge and non-finite numbers, unicode edge cases, binary attachments,
-nesting 17 to 500 levels deep) or missing, plus non-object payloads, no payload, and extra
-positional arguments — from a fresh fuzzing player, over one WebSocket, without waiting for
-replies. Then (see ``support.fuzzing.joined_example``): the server is healthy; the fuzzing socket
-is still connected and served; surely-bad messages got exactly one error reply and none got more;
+valid, hostile (wrong types, huge and non-finite numbers, unicode edge cases, nesting 17 to 500
+levels deep) or missing, plus non-object payloads, no payload, and extra positional arguments —
+from a fresh fuzzing player, over one WebSocket, without waiting for replies. About one message in
+48 carries a binary value anywhere in it: that one must close the connection unanswered (no event
+takes binary data), and the player comes back on a new connection under a new id. Then (see
+``support.fuzzing.joined_example``): the server is healthy; the fuzzing socket is still connected
+and served; surely-bad messages got exactly one error reply while the rate limits could not have
+been reached (README "Security": one ``RATE_LIMITED`` answer per limit and window, later excess
+refused silently), none got more, and ``RATE_LIMITED`` came at most once per limit and window;
 everything anybody received has the shapes of SPEC §3/§5; a bystander in the same space got no
 error and still receives a probe player's jump and chat; a newcomer's ``room:joined`` and
 ``/presence`` list exactly the right players with valid fields; once the fuzzing sockets close no

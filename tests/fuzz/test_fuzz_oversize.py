@@ -7,7 +7,8 @@ no traceback, JSON lines only).
 
 Each example joins a fresh player and sends one oversized message for a random event: a long
 string, a string of characters that JSON-escaping multiplies, a long array of numbers, or a large
-binary attachment (a separate Engine.IO message). Then (see
+binary attachment (a binary packet, which closes the connection before its attachment is even
+read). Then (see
 ``support.fuzzing.oversize_example``): that socket is closed by the transport, nothing of the
 message is relayed, the player leaves cleanly (no ghost in the roster or ``/presence``, no leaked
 socket or party), the bystander is still connected and still hears a probe player, and the logs

@@ -11,7 +11,8 @@ that are not event arrays, other namespaces, acknowledgements of nothing, invali
 binary events whose placeholders do not match their attachments, binary frames nobody waits for,
 invalid escapes, and arbitrary text. A quarter of the messages are ordinary generated events, so
 that the packets around the garbage are exercised too. The checks are those of
-``support.fuzzing.joined_example``.
+``support.fuzzing.joined_example``; binary input (a binary frame, a packet of type 5 or 6) must
+close the connection unanswered instead, and the player then comes back on a new one.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ raise, stall, or disconnect anyone), §3 (input limits), §10 (``/health``, ``/p
 
 Each example sends one batch from a fresh socket: generated messages for every event except a
 valid join (every ``join:space`` here breaks the SPEC for sure), unknown and non-string event
-names, binary attachments, deep nesting, huge numbers, unicode edge cases. Then (see
+names, deep nesting, huge numbers, unicode edge cases, and now and then a binary value, which
+must close the connection (the socket then connects again). Then (see
 ``support.fuzzing.unjoined_example``): the socket is still connected; it received nothing but one
 ``error`` per bad join or non-string event name and at most one ``proximity:error`` per
 ``proximity:set``; the players of the space heard nothing; the socket can still join, after which
@@ -31,6 +32,7 @@ from support.fuzzing import (
     Message,
     arena_on,
     batches,
+    binary_draws,
     fuzz_settings,
     invalid_joins,
     run,
@@ -49,9 +51,10 @@ NOT_JOIN = [event for event in CLIENT_EVENTS if event != "join:space"]
 def before_join_messages() -> st.SearchStrategy[Message]:
     return st.one_of(
         st.builds(
-            lambda event, shape, seed: Gen(seed).message(event, shape),
+            lambda event, shape, binary, seed: Gen(seed).message(event, shape, binary=binary),
             st.sampled_from(NOT_JOIN),
             st.integers(0, 9),
+            binary_draws(),
             seeds,
         ),
         invalid_joins(),

@@ -15,6 +15,9 @@ Building blocks for ``tests/fuzz``:
 - :class:`Arena`: a space with a passive *bystander* and a well-behaved *probe*, rebuilt when an
   example leaves it in doubt, plus the checks that close every example (server healthy, fuzzing
   sockets still served, bystander undisturbed, no state corrupted, logs clean).
+- :class:`ReplyOracle`: how many error replies a batch may get, knowing the documented rate
+  limits (one ``RATE_LIMITED`` answer per limit and window, later excess refused silently) and
+  that binary input closes its connection unanswered (the sender then comes back on a new one).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
 
 ID_PATTERN = r"[A-Za-z0-9_.:@-]{1,100}"
 ID_RE = re.compile(ID_PATTERN)
+AVATAR_FIELD_RE = re.compile(r"[A-Za-z0-9_-]{1,50}")  # README "Security": avatar fields
 AVATAR_COLORS = ("default", "red", "green", "purple", "orange", "pink", "yellow", "blue")
 DIRECTIONS = ("up", "down", "left", "right")
 ROLES = ("OWNER", "STAFF", "PARTICIPANT")
@@ -169,38 +173,79 @@ class Received:
 
 
 class FuzzClient:
-    """One WebSocket connection; everything received is kept in ``events`` in arrival order."""
+    """One WebSocket connection; everything received is kept in ``events`` in arrival order.
+
+    A client whose connection the server closed (as it must for binary input) can
+    :meth:`reconnect`: a new connection under the same name, still recording into the same
+    ``events``, so indices taken before stay valid."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.sio = socketio.AsyncClient(reconnection=False)
         self.events: list[Received] = []
         self.disconnect_reason: str | None = None
         self.player_id: str | None = None
         self.space_id: str | None = None
         self.nickname: str | None = None
         self.messages_sent = 0
-
+        self.connections = 0
+        self.url = ""
+        self.join_fields: dict[str, Any] = {}
         self._arrived = asyncio.Event()
+        self.sio = self._new_sio()
+
+    def _new_sio(self) -> socketio.AsyncClient:
+        sio = socketio.AsyncClient(reconnection=False)
 
         async def on_any(event: Any, *args: Any) -> None:
-            self.events.append(Received(event, args))
-            self._arrived.set()
+            if sio is self.sio:
+                self.events.append(Received(event, args))
+                self._arrived.set()
 
         async def on_disconnect(reason: Any = None) -> None:
-            self.disconnect_reason = str(reason)
-            self._arrived.set()
+            if sio is self.sio:
+                self.disconnect_reason = str(reason)
+                self._arrived.set()
 
-        self.sio.on("*", on_any)
-        self.sio.on("disconnect", on_disconnect)
+        sio.on("*", on_any)
+        sio.on("disconnect", on_disconnect)
+        return sio
 
     @property
     def connected(self) -> bool:
         return self.sio.connected and self.disconnect_reason is None
 
     async def connect(self, url: str) -> FuzzClient:
+        self.url = url
+        self.connections += 1
         await self.sio.connect(url, transports=["websocket"], wait_timeout=10)
         return self
+
+    async def wait_closed(self, timeout: float = 5.0) -> bool:
+        """Whether the server closes this connection within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), min(remaining, 0.2))
+            except TimeoutError:
+                pass
+        return True
+
+    async def reconnect(self) -> FuzzClient:
+        """A fresh connection (not joined to anything) after the server closed this one."""
+        old = self.sio
+        self.sio = self._new_sio()
+        if old.connected:
+            try:
+                await asyncio.wait_for(old.disconnect(), 5)
+            except (TimeoutError, OSError):  # pragma: no cover - best effort
+                pass
+        self.disconnect_reason = None
+        self.player_id = self.space_id = None
+        return await self.connect(self.url)
 
     async def close(self) -> None:
         if self.sio.connected:
@@ -219,7 +264,8 @@ class FuzzClient:
     async def send_raw(self, message: str | bytes) -> None:
         """One Engine.IO message: a raw Socket.IO packet (text) or a binary frame (bytes)."""
         self.messages_sent += 1
-        await self.sio.eio.send(message)
+        if self.connected:
+            await self.sio.eio.send(message)
 
     async def sync(self, timeout: float = 10.0) -> None:
         """Returns once the server has handled everything this client sent before (the server
@@ -280,15 +326,6 @@ class FuzzClient:
                 return index
         return -1
 
-    async def barrier(self, tag: str) -> int:
-        """Index of a reply that comes after every reply to what this (joined) client sent so
-        far: replies are written in order, but acknowledgements may overtake them, so the
-        barrier is a zone party join (SPEC §4) answered with ``party:joined {partyId: tag}``."""
-        start = len(self.events)
-        await self.emit_args("party:join", [{"partyId": tag, "partyName": "Barrier"}])
-        await self.wait_for("party:joined", lambda p: p["partyId"] == tag, start=start)
-        return self.index_of("party:joined", lambda p: p["partyId"] == tag, start)
-
     async def join(
         self,
         space: str,
@@ -298,7 +335,9 @@ class FuzzClient:
         timeout: float = 10.0,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Join ``space`` (development token) and return its ``room:joined``."""
+        """Join ``space`` (development token) and return its ``room:joined``; raises
+        :class:`JoinRateLimited` if the join is refused with ``RATE_LIMITED`` (a socket may
+        join 5 times per 10 s, a player 20 times a minute)."""
         start = len(self.events)
         payload = {
             "spaceId": space,
@@ -308,14 +347,39 @@ class FuzzClient:
             **fields,
         }
         await self.emit_args("join:space", [payload])
-        joined = await self.wait_for(
-            "room:joined",
-            lambda p: p.get("spaceId") == space and p.get("yourPlayerId") == player_id,
-            start=start,
-            timeout=timeout,
-        )
+
+        def answer(item: Received) -> bool:
+            p = item.payload
+            if item.event == "error":
+                return isinstance(p, dict) and p.get("code") == "RATE_LIMITED"
+            return (
+                item.event == "room:joined"
+                and isinstance(p, dict)
+                and p.get("spaceId") == space
+                and p.get("yourPlayerId") == player_id
+            )
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((item for item in self.events[start:] if answer(item)), None)
+            if found is not None:
+                break
+            if time.monotonic() >= deadline or not self.connected:
+                await self.wait_for("room:joined", start=len(self.events), timeout=0)
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), 0.2)
+            except TimeoutError:
+                pass
+        if found.event == "error":
+            raise JoinRateLimited(f"{self.name}: join refused: {found.payload}")
         self.player_id, self.space_id, self.nickname = player_id, space, nickname
-        return dict(joined)
+        self.join_fields = fields
+        return dict(found.payload)
+
+
+class JoinRateLimited(AssertionError):
+    """A join was refused with ``RATE_LIMITED``."""
 
 
 def _safe(predicate: Callable[[Any], bool], value: Any) -> bool:
@@ -599,10 +663,16 @@ NICKNAME_CHARS = string.ascii_letters + string.digits + " _-.éüßİ日本語�
 
 
 class Gen:
-    """Valid and hostile values, all from one seed."""
+    """Valid and hostile values, all from one seed.
 
-    def __init__(self, seed: int) -> None:
+    Binary values (``bytes``, which python-socketio sends as attachments of a binary packet) are
+    drawn only with ``binary=True``: any binary packet closes its connection, so a message that
+    carries one ends the sender's socket, and a batch must keep most of its messages on an open
+    one to exercise anything else."""
+
+    def __init__(self, seed: int, *, binary: bool = False) -> None:
         self.r = random.Random(seed)
+        self.binary_allowed = binary
 
     # -- hostile values ----------------------------------------------------------------------
 
@@ -656,7 +726,7 @@ class Gen:
             return self.r.random() < 0.5
         if k < 0.45:
             return self.number()
-        if k < 0.9:
+        if k < 0.9 or not self.binary_allowed:
             return self.text()
         return self.binary()
 
@@ -834,9 +904,18 @@ class Gen:
                 data.setdefault(self.key(), self.hostile())
         return data
 
-    def message(self, event: str, shape: int) -> Message:
+    def message(self, event: str, shape: int, *, binary: bool = False) -> Message:
         """Shapes 0-5: the payload mutated; 6: a non-object payload; 7: no payload; 8: extra
-        positional arguments after the payload; 9: several hostile arguments."""
+        positional arguments after the payload; 9: several hostile arguments. ``binary``: the
+        same with at least one binary value somewhere (the whole payload, a field, or deep
+        inside one), which makes it a binary packet."""
+        if binary:
+            self.binary_allowed = True
+            plain = self.message(event, shape)
+            args = list(plain.args) or [self.binary()]
+            at = self.r.randrange(len(args))
+            args[at] = self.with_binary(args[at])
+            return Message(event, tuple(args))
         if shape <= 5:
             return Message(event, (self.mutated(event),))
         if shape == 6:
@@ -849,9 +928,29 @@ class Gen:
             return Message(event, (self.mutated(event), *extra))
         return Message(event, tuple(self.hostile() for _ in range(self.r.randrange(2, 5))))
 
-    def invalid_join(self, shape: int) -> Message:
-        """A ``join:space`` that breaks SPEC §3/§4 for sure."""
+    def with_binary(self, value: Any) -> Any:
+        """``value`` with a binary value put in somewhere: it replaces the value, one of its
+        fields or items, or something nested in those."""
         r = self.r
+        if isinstance(value, dict) and value and r.random() < 0.8:
+            key = r.choice(list(value))
+            return {**value, key: self.with_binary(value[key])}
+        if isinstance(value, dict) and r.random() < 0.8:
+            return {**value, r.choice(["file", "content", "avatar", "x", "_placeholder"]): b"\x01"}
+        if isinstance(value, list) and value and r.random() < 0.8:
+            at = r.randrange(len(value))
+            return [*value[:at], self.with_binary(value[at]), *value[at + 1 :]]
+        return self.binary()
+
+    def invalid_join(self, shape: int, *, binary: bool = False) -> Message:
+        """A ``join:space`` that breaks SPEC §3/§4 for sure (``binary``: one carrying a binary
+        value, which closes the connection instead)."""
+        r = self.r
+        if binary:
+            self.binary_allowed = True
+            payload = self.mutated("join:space")
+            payload[r.choice(["spaceId", "nickname", "avatar", "x"])] = self.binary()
+            return Message("join:space", (payload,))
         if shape == 6:
             value = self.hostile()
             return Message("join:space", (value if not isinstance(value, dict) else [value],))
@@ -861,7 +960,7 @@ class Gen:
         if shape == 8:
             return Message("join:space", (payload, self.hostile()))
         if shape == 9:
-            payload[r.choice(["spaceId", "nickname", "avatar", "x"])] = self.binary()
+            payload[r.choice(["spaceId", "nickname"])] = self.non_string()
             return Message("join:space", (payload,))
         k = r.random()
         if k < 0.4:
@@ -898,10 +997,17 @@ class Gen:
             payload[key] = padding
         return Message(event, (payload,))
 
-    def unknown(self) -> Message:
+    def unknown(self, *, binary: bool = False) -> Message:
         """An event that is not a client event: another string, a reserved Socket.IO name, a
-        server event name, odd characters, or a name that is not a string."""
+        server event name, odd characters, or a name that is not a string (``binary``: with a
+        binary value as its name or in its arguments)."""
         r = self.r
+        if binary:
+            self.binary_allowed = True
+            plain = self.unknown()
+            if r.random() < 0.3:
+                return Message(self.binary(), plain.args)
+            return Message(plain.event, (*plain.args, self.with_binary(self.hostile())))
         k = r.random()
         if k < 0.45:
             name: Any = r.choice(UNKNOWN_NAMES)
@@ -910,9 +1016,7 @@ class Gen:
             if name in CLIENT_EVENTS:
                 name += "?"
         else:
-            name = r.choice(
-                [None, True, False, self.number(), [self.text()[:5]], {"a": 1}, self.binary()]
-            )
+            name = r.choice([None, True, False, self.number(), [self.text()[:5]], {"a": 1}])
         return Message(name, tuple(self.hostile() for _ in range(r.randrange(4))))
 
     def raw(self, kind: int) -> Message:
@@ -1060,18 +1164,36 @@ TEMPLATES: dict[str, dict[str, Callable[[Gen], Any]]] = {
 
 seeds = st.integers(0, 2**32 - 1)
 
+BINARY_ONE_IN = 48
+"""About one generated message in this many carries a binary value (and so closes its
+connection): two or three per batch, each followed by a reconnect."""
+
+
+def binary_draws() -> st.SearchStrategy[bool]:
+    """Whether a message carries a binary value, about one time in :data:`BINARY_ONE_IN`.
+    Hypothesis favours the ends of a range, and shrinks towards its start; neither end is the
+    binary case, so binary messages keep their rate and shrinking moves away from them (a
+    binary message ends its socket, which hides what a failing batch does after it)."""
+    return st.integers(0, 2**16 - 1).map(lambda n: n % BINARY_ONE_IN == BINARY_ONE_IN // 2)
+
 
 def event_messages(event: str) -> st.SearchStrategy[Message]:
-    return st.builds(lambda shape, seed: Gen(seed).message(event, shape), st.integers(0, 9), seeds)
+    return st.builds(
+        lambda shape, binary, seed: Gen(seed).message(event, shape, binary=binary),
+        st.integers(0, 9),
+        binary_draws(),
+        seeds,
+    )
 
 
 def any_event_messages() -> st.SearchStrategy[Message]:
     """A message for any client event, or an unknown one."""
     return st.one_of(
         st.builds(
-            lambda event, shape, seed: Gen(seed).message(event, shape),
+            lambda event, shape, binary, seed: Gen(seed).message(event, shape, binary=binary),
             st.sampled_from(CLIENT_EVENTS),
             st.integers(0, 9),
+            binary_draws(),
             seeds,
         ),
         unknown_messages(),
@@ -1079,11 +1201,16 @@ def any_event_messages() -> st.SearchStrategy[Message]:
 
 
 def invalid_joins() -> st.SearchStrategy[Message]:
-    return st.builds(lambda shape, seed: Gen(seed).invalid_join(shape), st.integers(0, 9), seeds)
+    return st.builds(
+        lambda shape, binary, seed: Gen(seed).invalid_join(shape, binary=binary),
+        st.integers(0, 9),
+        binary_draws(),
+        seeds,
+    )
 
 
 def unknown_messages() -> st.SearchStrategy[Message]:
-    return st.builds(lambda seed: Gen(seed).unknown(), seeds)
+    return st.builds(lambda binary, seed: Gen(seed).unknown(binary=binary), binary_draws(), seeds)
 
 
 def oversized_messages() -> st.SearchStrategy[Message]:
@@ -1136,6 +1263,54 @@ def contains_placeholder(value: Any) -> bool:
     return False
 
 
+def closes_connection(message: Message) -> bool:
+    """Whether ``message`` is binary input, which closes its connection unanswered: an event
+    with a binary value anywhere (python-socketio sends it as a binary packet, type 5), a raw
+    packet of type 5 or 6 (binary event or acknowledgement, whatever it announces), or a binary
+    Engine.IO message. No event takes binary data."""
+    if message.raw:
+        return any(isinstance(p, bytes) or p.startswith(("5", "6")) for p in message.raw)
+    return contains_bytes([message.event, *message.args])
+
+
+# --------------------------------------------------------------------------------------------
+# Rate limits (README "Security"): facts of the documentation, not read from the code
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``limit`` accepted events per ``window`` seconds per socket (events of one
+    ``name`` share it), and ``rules`` limits in all for the event (per socket, and per player or
+    per target across sockets); each limit answers its first refusal of a window once with
+    ``RATE_LIMITED`` and then refuses silently."""
+
+    name: str
+    limit: int
+    window: float
+    rules: int = 1
+
+
+RATE_LIMITS: dict[str, RateLimit] = {
+    "player:jump": RateLimit("jump", 20, 2.0),
+    "player:updateProfile": RateLimit("profile", 6, 10.0, rules=2),
+    "party:create": RateLimit("partyCreate", 5, 10.0),
+    "party:invite": RateLimit("partyInvite", 50, 10.0, rules=3),
+    "party:accept": RateLimit("partyAnswer", 10, 10.0),
+    "party:decline": RateLimit("partyAnswer", 10, 10.0),
+    "party:join": RateLimit("partyZone", 20, 10.0),
+    "joinParty": RateLimit("partyZone", 20, 10.0),
+    "party:leave": RateLimit("partyLeave", 20, 10.0),
+    "leaveParty": RateLimit("partyLeave", 20, 10.0),
+    "proximity:set": RateLimit("proximity", 5, 10.0),
+    "join:space": RateLimit("join", 5, 10.0, rules=2),
+    "leave:space": RateLimit("leave", 5, 10.0, rules=2),
+}
+CHAT_LIMIT = (5, 5.0)
+"""Chat, whispers and party messages: 5 per 5 s per player; every refusal is answered."""
+MOVES_PER_SECOND = 120
+"""``player:move``: excess moves are dropped (the newest applied when the second ends)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Expected number of error replies
 
@@ -1156,8 +1331,11 @@ def expected_errors(message: Message, *, joined: bool) -> Expectation:
     binary attachment, extra positional arguments, or a non-object payload for an event that
     takes an object. Before joining, only ``join:space`` and ``proximity:set`` are answered.
     Unknown string event names are never answered; event names that are not strings are a
-    malformed packet (one ``error``). A raw message gets at most one reply.
+    malformed packet (one ``error``). A raw message gets at most one reply. Binary input closes
+    the connection and gets none. (Rate limits: see :class:`ReplyOracle`.)
     """
+    if closes_connection(message):
+        return Expectation(0, 0)
     if message.raw:
         return Expectation(1 if message.malformed else 0, 1)
     may_be_malformed = contains_placeholder(message.args) and contains_bytes(message.args)
@@ -1198,12 +1376,55 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
+# Characters that draw nothing or reorder text (README "Security"): a relayed nickname has none
+# of them, except a zero-width joiner between two emoji, where it draws one picture.
+BIDI_CHARS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+BLANK_CHARS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5\u180e")
+ENTITIES = re.compile(r"&(amp|lt|gt|quot|#x27);")
+
+
+def visible_text(value: str) -> str:
+    """What a reader sees of a relayed string: the five escapes decoded."""
+    entities = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "#x27": "'"}
+    return ENTITIES.sub(lambda m: entities[m.group(1)], value)
+
+
+def nickname_problem(value: Any) -> str | None:
+    """What is wrong with a nickname another player receives, or None (README "Security"):
+    escaped (no raw ``< > " '``, every ``&`` an entity), no control, format (bidi marks,
+    zero-width characters) or private-use character, no blank filler, 1-32 visible characters
+    with something to see, no surrounding or doubled whitespace."""
+    if not isinstance(value, str):
+        return "not a string"
+    if not _is_message_text(value):
+        return "not escaped"
+    text = visible_text(value)
+    if not 1 <= len(text) <= 32:
+        return f"{len(text)} visible characters"
+    if text != " ".join(text.split()):
+        return "untrimmed or doubled whitespace"
+    for index, char in enumerate(text):
+        category = unicodedata.category(char)
+        if char == "\u200d" and 0 < index < len(text) - 1:
+            before, after = text[index - 1], text[index + 1]
+            if (before == "\ufe0f" or unicodedata.category(before) in ("So", "Sk")) and (
+                unicodedata.category(after) == "So"
+            ):
+                continue
+        if char in BIDI_CHARS or char in BLANK_CHARS or category in ("Cc", "Cf", "Co", "Cn"):
+            return f"contains U+{ord(char):04X}"
+        if category[0] == "Z" and char != " ":
+            return f"contains the separator U+{ord(char):04X}"
+    return None
+
+
+def nickname_key(value: str) -> str:
+    """Two nicknames a reader would take for the same name: case and width ignored."""
+    return unicodedata.normalize("NFKC", visible_text(value)).casefold()
+
+
 def _is_nickname(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and 1 <= len(value.strip()) <= 32
-        and not any(unicodedata.category(c) == "Cc" for c in value)
-    )
+    return nickname_problem(value) is None
 
 
 def _is_message_text(value: Any) -> bool:
@@ -1227,7 +1448,7 @@ def _avatar_problems(data: dict[str, Any], where: str) -> list[str]:
             or (
                 config.get("type") == "custom"
                 and isinstance(config.get("characterId"), str)
-                and 1 <= len(config["characterId"]) <= 50
+                and AVATAR_FIELD_RE.fullmatch(config["characterId"]) is not None
             )
         )
         if not ok:
@@ -1270,15 +1491,45 @@ def chat_problems(m: Any, where: str, *, system: bool = False) -> list[str]:
         problems.append(f"{where}: content not neutralised: {_short(m.get('content'))}")
     if not system and isinstance(m.get("content"), str) and not m["content"].strip():
         problems.append(f"{where}: empty content relayed")
+    if isinstance(m.get("content"), str) and (problem := content_problem(m["content"])):
+        problems.append(f"{where}: content {problem}: {_short(m['content'])}")
+    if not system and (problem := nickname_problem(m.get("senderNickname"))):
+        problems.append(f"{where}: senderNickname {problem}: {_short(m.get('senderNickname'))}")
     reply = m.get("replyTo")
-    if reply is not None and not (
-        isinstance(reply, dict)
-        and isinstance(reply.get("id"), str)
-        and isinstance(reply.get("senderNickname"), str)
-        and _is_message_text(reply.get("content"))
-    ):
-        problems.append(f"{where}: replyTo {_short(reply)}")
+    if reply is not None and (problem := reply_problem(reply)):
+        problems.append(f"{where}: replyTo {problem}: {_short(reply)}")
     return problems
+
+
+def content_problem(value: str, *, one_line: bool = False, limit: int | None = None) -> str | None:
+    """What is wrong with relayed text (README "Security"): no control character but line breaks
+    and tabs (none at all in ``one_line`` text), no direction mark or override."""
+    for char in value:
+        if char in BIDI_CHARS:
+            return f"contains the direction mark U+{ord(char):04X}"
+        if unicodedata.category(char) == "Cc" and (one_line or char not in "\n\t"):
+            return f"contains the control U+{ord(char):04X}"
+    if limit is not None and len(visible_text(value)) > limit:
+        return f"has {len(visible_text(value))} visible characters (max {limit})"
+    return None
+
+
+MAX_QUOTE = 100  # README "Security": a quoted reply shows one line of at most 100 characters
+
+
+def reply_problem(reply: Any) -> str | None:
+    """What is wrong with a relayed ``replyTo``: the id rule, the nickname rule, the content
+    rule on one line of at most :data:`MAX_QUOTE` characters."""
+    if not isinstance(reply, dict):
+        return "not an object"
+    if not _is_id(reply.get("id")):
+        return "id"
+    if problem := nickname_problem(reply.get("senderNickname")):
+        return f"senderNickname {problem}"
+    content = reply.get("content")
+    if not _is_message_text(content) or not content.strip():
+        return "content not neutralised or empty"
+    return content_problem(content, one_line=True, limit=MAX_QUOTE)
 
 
 def _fields(data: Any, where: str, **kinds: Callable[[Any], bool]) -> list[str]:
@@ -1296,7 +1547,11 @@ def _is_text(value: Any) -> bool:
 
 
 def _is_member(value: Any) -> bool:
-    return isinstance(value, dict) and _is_id(value.get("id"))
+    return (
+        isinstance(value, dict)
+        and _is_id(value.get("id"))
+        and ("nickname" not in value or _is_nickname(value["nickname"]))
+    )
 
 
 def shape_problems(event: Any, payload: Any) -> list[str]:
@@ -1340,7 +1595,7 @@ def shape_problems(event: Any, payload: Any) -> list[str]:
             payload,
             where,
             senderId=_is_id,
-            senderName=lambda v: isinstance(v, str),
+            senderName=_is_nickname,
             content=_is_message_text,
             timestamp=lambda v: isinstance(v, int),
             id=lambda v: isinstance(v, str),
@@ -1367,7 +1622,7 @@ def shape_problems(event: Any, payload: Any) -> list[str]:
             partyId=_is_id,
             partyName=lambda v: isinstance(v, str),
             inviterId=_is_id,
-            inviterName=lambda v: isinstance(v, str),
+            inviterName=_is_nickname,
         )
     if event == "party:joined":
         return _fields(
@@ -1413,6 +1668,12 @@ async def aget_json(url: str) -> tuple[int, Any]:
 _counter = itertools.count()
 
 
+def fresh_tag() -> int:
+    """A number no other example of this run uses (the probe's chat lines carry it, and a
+    third identical line in a row would be refused)."""
+    return next(_counter)
+
+
 @dataclass
 class Outcome:
     """What one batch did, for the failure message."""
@@ -1420,6 +1681,12 @@ class Outcome:
     sent: int = 0
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    closed: int = 0
+    """Connections closed by binary input, as they must be."""
+    stayed_open: list[str] = field(default_factory=list)
+    """Binary input after which the connection stayed open."""
+    rate_disconnects: list[str] = field(default_factory=list)
+    """Senders disconnected for sustained excess (``RATE_LIMITED``), then reconnected."""
 
 
 class Arena:
@@ -1439,8 +1706,10 @@ class Arena:
         self.bystander_entry: dict[str, Any] = {}
         self.dirty = True
         self.last_probe_chat = 0.0
+        self.last_probe_jump = 0.0
         self.clients: list[FuzzClient] = []
         self.payloads_sent: dict[str, int] = {}
+        self.closed_by_binary = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -1547,10 +1816,17 @@ class Arena:
         outcome: Outcome,
         *,
         budget: int | None = MESSAGE_BUDGET,
+        after_close: str = "rejoin",
     ) -> list[Message]:
         """Send each message from its sender (``active[message.sender]``) without waiting for
         replies; returns those sent. A message the client cannot encode, or one over the budget,
-        is skipped. ``other`` refers to the next client of ``everyone``."""
+        is skipped. ``other`` refers to the next client of ``everyone``.
+
+        Binary input must close its connection: the sender waits for that, then (``after_close``)
+        reconnects and joins the arena's space again under a new player id (``"rejoin"``: a new
+        id, because one player may join only 20 times a minute), reconnects only
+        (``"reconnect"``), or stops (``"stop"``). A sender disconnected for sustained excess
+        (``RATE_LIMITED``, documented) comes back the same way."""
         sent: list[Message] = []
         for message in messages:
             sender = active[message.sender % len(active)]
@@ -1562,13 +1838,23 @@ class Arena:
                 outcome.skipped += 1
                 continue
             if not sender.connected:
-                break
+                if after_close == "stop" or not rate_limit_disconnected(sender):
+                    break
+                outcome.rate_disconnects.append(sender.name)
+                await self.come_back(sender, after_close)
+            if closes_connection(message):
+                # Every reply due so far is in first: the server closes at once, and a close
+                # with input still unread resets the connection, which can discard what the
+                # client's kernel had received but not yet handed over.
+                await sender.sync()
             if message.raw:
                 for part in message.raw:
                     await sender.send_raw(part)
             else:
                 await sender.emit_args(message.event, resolve(list(message.args), refs))
-            if message.raw:
+            if closes_connection(message):
+                key = "<binary input>"
+            elif message.raw:
                 key = "<raw packet>"
             elif not isinstance(message.event, str):
                 key = "<non-string event name>"
@@ -1579,7 +1865,26 @@ class Arena:
             self.payloads_sent[key] = self.payloads_sent.get(key, 0) + 1
             sent.append(message)
             outcome.sent += 1
+            if closes_connection(message):
+                if not await sender.wait_closed(5.0):
+                    outcome.stayed_open.append(f"{sender.name} after {message!r}")
+                    break
+                outcome.closed += 1
+                self.closed_by_binary += 1
+                if after_close == "stop":
+                    break
+                await self.come_back(sender, after_close)
         return sent
+
+    async def come_back(self, client: FuzzClient, how: str) -> None:
+        """A new connection for ``client`` (and, for ``"rejoin"``, a join of the arena's space
+        under a new player id with its nickname)."""
+        await client.reconnect()
+        if how == "rejoin":
+            prefix = client.name.split("#")[0]
+            await client.join(
+                self.space, client.nickname or prefix.title(), unique(prefix), **client.join_fields
+            )
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -1587,6 +1892,11 @@ class Arena:
         """A well-behaved player's jump (and, at most once a second, chat) still reaches the
         bystander with the right content."""
         assert self.bystander is not None and self.probe is not None
+        # The probe keeps under the jump limit itself (20 per 2 s), however fast examples go.
+        wait = self.last_probe_jump + 0.15 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.last_probe_jump = time.monotonic()
         start = len(self.bystander.events)
         x, y = 100 + tag % 1000, -(tag % 777)
         await self.probe.emit_args("player:jump", [{"x": x, "y": y}])
@@ -1673,6 +1983,21 @@ class Arena:
         return problems
 
 
+def rate_limit_disconnected(client: FuzzClient) -> bool:
+    """Whether ``client`` was disconnected for sustained excess: its last error reply is
+    ``error {code: "RATE_LIMITED"}`` without the ``retryAfter`` of a once-per-window answer."""
+    for item in reversed(client.events):
+        if item.event in ERROR_CHANNELS:
+            p = item.payload
+            return (
+                item.event == "error"
+                and isinstance(p, dict)
+                and p.get("code") == "RATE_LIMITED"
+                and "retryAfter" not in p
+            )
+    return False
+
+
 def received_problems(client: FuzzClient, start: int) -> list[str]:
     problems = []
     for item in client.since(start):
@@ -1712,7 +2037,12 @@ class ErrorLogged(FuzzFailure):
 
 
 class SocketDropped(FuzzFailure):
-    """The server closed a fuzzing socket (bad input must get a reply, not a disconnect)."""
+    """The server closed a fuzzing socket (bad input must get a reply, not a disconnect; only
+    binary input and sustained excess close a connection)."""
+
+
+class BinaryKept(FuzzFailure):
+    """Binary input did not close its connection."""
 
 
 class Stalled(FuzzFailure):
@@ -1735,6 +2065,7 @@ _PRIORITY: list[type[FuzzFailure]] = [
     ServerDied,
     ErrorLogged,
     SocketDropped,
+    BinaryKept,
     Stalled,
     BystanderDisturbed,
     StateCorrupted,
@@ -1813,24 +2144,82 @@ def _unjoining(message: Message) -> bool:
     )
 
 
-def reply_bounds(messages: Sequence[Message], *, joined: bool) -> tuple[int, int]:
-    bounds = [expected_errors(m, joined=joined) for m in messages]
-    return sum(b.low for b in bounds), sum(b.high for b in bounds)
+class ReplyOracle:
+    """Bounds on the error replies one sender gets for a batch, message by message.
+
+    :func:`expected_errors` gives the bounds of one message on its own. Rate limits (README
+    "Security") then allow a surely-bad message of a limited event to go unanswered once its
+    socket may have used up the allowance: a refused event is answered once per window, later
+    ones silently, and a malformed one is refused like any other once the window is full. So a
+    reply is required only while fewer than ``limit`` events of that limit may have been
+    accepted on the socket (every message that is not surely bad might have been; counting all
+    of them since the socket opened over-counts any one window, which only makes the lower
+    bound weaker, never wrong). Binary input closes the socket; the sender then comes back on a
+    fresh socket (joined again if it was joined), with fresh allowances.
+    """
+
+    def __init__(self, *, joined: bool, used: dict[str, int] | None = None) -> None:
+        self.start_joined = joined
+        self.start_used = dict(used or {})
+        self.low = 0
+        self.high = 0
+        self.sessions = 1
+        self.limits_touched: set[str] = set()
+        self.rate_replies_allowed = 0
+        self._certain = joined
+        self._used: dict[str, int] = dict(self.start_used)
+
+    def add(self, message: Message) -> None:
+        if closes_connection(message):
+            self.sessions += 1
+            self._certain = self.start_joined
+            self._used = {"join": 1} if self.start_joined else {}
+            return
+        bounds = expected_errors(message, joined=self.start_joined)
+        low, high = bounds.low, bounds.high
+        if self.start_joined and not self._certain:
+            low, high = 0, max(high, 1)
+        limit = RATE_LIMITS.get(message.event) if isinstance(message.event, str) else None
+        if limit is not None and not message.raw:
+            self.limits_touched.add(message.event)
+            if self._used.get(limit.name, 0) >= limit.limit:
+                low = 0
+            if self.start_joined:
+                may_be_accepted = bounds.low == 0
+            else:  # answered "Join a space first" (and counted), or an invalid join (not)
+                may_be_accepted = message.event != "join:space"
+            if may_be_accepted:
+                self._used[limit.name] = self._used.get(limit.name, 0) + 1
+        self.low += low
+        self.high += high
+        if self.start_joined and _unjoining(message):
+            self._certain = False
+
+    def rate_limited_bound(self, seconds: float) -> int:
+        """Most ``RATE_LIMITED`` answers the batch may get in ``seconds``: one per limit per
+        window, over every socket the sender used."""
+        total = 0
+        for event in self.limits_touched:
+            limit = RATE_LIMITS[event]
+            total += limit.rules * (math.floor(seconds / limit.window) + 2)
+        return total * self.sessions
 
 
-def _joined_bounds(messages: Sequence[Message]) -> tuple[int, int]:
-    """Bounds for a sender that starts joined: once it may have left, every later message counts
-    as 'no reply or one reply'."""
-    low = high = 0
-    certain = True
+def oracle_for(messages: Sequence[Message], *, joined: bool, used: dict[str, int]) -> ReplyOracle:
+    oracle = ReplyOracle(joined=joined, used=used)
     for message in messages:
-        bounds = expected_errors(message, joined=True)
-        if certain:
-            low += bounds.low
-        high += bounds.high if certain else max(bounds.high, 1)
-        if _unjoining(message):
-            certain = False
-    return low, high
+        oracle.add(message)
+    return oracle
+
+
+def count_rate_limited(client: FuzzClient, start: int, end: int | None = None) -> int:
+    return sum(
+        1
+        for item in client.events[start:end]
+        if item.event in ERROR_CHANNELS
+        and isinstance(item.payload, dict)
+        and item.payload.get("code") == "RATE_LIMITED"
+    )
 
 
 def _spaces_joined(client: FuzzClient, start: int) -> dict[str, set[str]]:
@@ -1875,54 +2264,70 @@ async def joined_example(arena: Arena, messages: Sequence[Message], *, senders: 
     except BaseException:
         arena.dirty = True
         raise
-    ids = {c: c.player_id for c in pair}
     starts = {c: len(c.events) for c in (*pair, arena.bystander, arena.probe)}
     verdict = Verdict(arena, messages)
     outcome = Outcome()
     active = pair[:senders]
+    # Allowances each socket used before the batch (README "Security"): its join, the parties.
+    used = {
+        fuzzer: {"join": 1, "partyCreate": 1, "partyZone": 1},
+        accomplice: {"join": 1, "partyCreate": 1, "partyInvite": 1},
+    }
 
-    # The batch, in two rounds (party ids seen in one round are aimed at in the next).
+    # The batch, in two rounds (party ids seen in one round are aimed at in the next). Each
+    # round ends with two round trips: the server handles one client's events in order and
+    # writes replies and acknowledgements in order, so once the second acknowledgement is
+    # back every reply to the round has arrived (the first lets replies sent from a task
+    # started by the round, such as a refused move, go out).
     sent: list[Message] = []
+    began = time.monotonic()
     for chunk in chunks(messages, 2):
         sent += await arena.send_from(active, pair, chunk, outcome)
         for c in active:
             if not await verdict.step(Stalled, c.sync()):
                 break
+            await verdict.step(Stalled, c.sync())
         if any(not c.connected for c in pair):
             break
+    seconds = time.monotonic() - began
+    ends = {c: len(c.events) for c in pair}
     verdict.messages = sent
     verdict.check_logs()
+    verdict.add_all(BinaryKept, outcome.stayed_open)
     for c in pair:
         if not c.connected:
             verdict.add(SocketDropped, f"{c.name} was disconnected: {c.disconnect_reason}")
     if verdict.problems:
         await _cleanup(arena, pair)
         verdict.raise_if_any()
+    ids = {c: c.player_id for c in pair}
 
-    # The fuzzing players come back to the space as themselves and are still served; a barrier
-    # reply then shows that every reply to the batch has arrived.
+    # The fuzzing players come back to the space as themselves and are still served. A socket
+    # that used up its join allowance (5 per 10 s) is answered RATE_LIMITED, as documented;
+    # that player comes back on a new connection instead.
     joined_spaces = {c: _spaces_joined(c, starts[c]) for c in pair}
-    ends: dict[FuzzClient, int] = {}
 
     async def come_back(i: int, c: FuzzClient) -> None:
         assert ids[c] is not None and arena.bystander is not None
-        if not await verdict.step(
-            SocketDropped, c.join(arena.space, c.nickname or "Fuzzer", ids[c] or "")
-        ):
-            return
         try:
-            ends[c] = await c.barrier(f"barrier-{tag}-{i}")
+            await c.join(arena.space, c.nickname or "Fuzzer", ids[c] or "", **c.join_fields)
+        except JoinRateLimited:
+            if not await verdict.step(SocketDropped, arena.come_back(c, "rejoin")):
+                return
         except AssertionError as exc:
-            verdict.add(StateCorrupted, f"{c.name} is no longer served after rejoining: {exc}")
+            verdict.add(SocketDropped, f"{c.name} could not join again: {exc}")
             return
+        ids[c] = c.player_id
+        # A move, not a jump: the batch may have used up the jump allowance (20 per 2 s).
         x, y = 7 + i, tag % 1000
-        await c.emit_args("player:jump", [{"x": x, "y": y}])
+        start = len(arena.bystander.events)
+        await c.emit_args("player:move", [{"x": x, "y": y, "direction": "left", "isMoving": False}])
         await verdict.step(
             StateCorrupted,
             arena.bystander.wait_for(
-                "player:jumped",
-                lambda p: p == {"id": ids[c], "x": x, "y": y},
-                start=starts[arena.bystander],
+                "player:moved",
+                lambda p: p["id"] == ids[c] and (p["x"], p["y"]) == (x, y),
+                start=start,
                 timeout=5,
             ),
         )
@@ -1931,20 +2336,30 @@ async def joined_example(arena: Arena, messages: Sequence[Message], *, senders: 
     for c in pair:
         if not c.connected:
             verdict.add(SocketDropped, f"{c.name} was disconnected: {c.disconnect_reason}")
+        joined_spaces[c] = _spaces_joined(c, starts[c])
 
-    # Replies: each message at most one error reply; surely-bad ones exactly one.
+    # Replies: each message at most one error reply; surely-bad ones exactly one while the
+    # rate limits cannot have been reached; at most one RATE_LIMITED answer per limit and window.
     for index, c in enumerate(active):
-        if c not in ends:
-            continue
+        if c.name in outcome.rate_disconnects:
+            continue  # disconnected for sustained excess: what it got is its own affair
         mine = [m for m in sent if m.sender % senders == index]
-        low, high = _joined_bounds(mine)
+        oracle = oracle_for(mine, joined=True, used=used[c])
         got = count_errors(c, starts[c], ends[c])
         total = sum(got.values())
-        if not low <= total <= high:
+        if not oracle.low <= total <= oracle.high:
             verdict.add(
                 WrongReplies,
-                f"{c.name} sent {len(mine)} messages ({low} surely bad) and got {total} error "
-                f"replies {got}; expected between {low} and {high}",
+                f"{c.name} sent {len(mine)} messages ({oracle.low} surely answered) and got "
+                f"{total} error replies {got}; expected between {oracle.low} and {oracle.high}",
+            )
+        limited = count_rate_limited(c, starts[c], ends[c])
+        allowed = oracle.rate_limited_bound(seconds)
+        if limited > allowed:
+            verdict.add(
+                WrongReplies,
+                f"{c.name} got {limited} RATE_LIMITED answers in {seconds:.1f}s; at most one per "
+                f"limit and window allows {allowed}",
             )
     for c in (*pair, arena.bystander, arena.probe):
         verdict.add_all(StateCorrupted, received_problems(c, starts[c]))
@@ -2020,11 +2435,14 @@ async def unjoined_example(arena: Arena, messages: Sequence[Message]) -> None:
     outcome = Outcome()
     sent: list[Message] = []
     for chunk in chunks(messages, 2):
-        sent += await arena.send_from([stranger], [stranger], chunk, outcome)
+        sent += await arena.send_from(
+            [stranger], [stranger], chunk, outcome, after_close="reconnect"
+        )
         if not await verdict.step(Stalled, stranger.sync()):
             break
     verdict.messages = sent
     verdict.check_logs()
+    verdict.add_all(BinaryKept, outcome.stayed_open)
     if not stranger.connected:
         verdict.add(SocketDropped, f"the stranger was disconnected: {stranger.disconnect_reason}")
     if verdict.problems:
@@ -2049,7 +2467,8 @@ async def unjoined_example(arena: Arena, messages: Sequence[Message]) -> None:
     )
 
     window = stranger.events[starts[stranger] : end]
-    low, high = reply_bounds(sent, joined=False)
+    oracle = oracle_for(sent, joined=False, used={})
+    low, high = oracle.low, oracle.high
     got = count_errors(stranger, starts[stranger], end)
     total = sum(got.values())
     if not low <= total <= high:
@@ -2115,7 +2534,7 @@ async def oversize_example(arena: Arena, event: Any, args: tuple[Any, ...]) -> N
     verdict = Verdict(arena, [message])
     parts = encoded_parts(message, arena.refs_for(sender, None))
     assert parts is not None and not fits(parts), "the generated message is not oversized"
-    await arena.send_from([sender], [sender], [message], Outcome(), budget=None)
+    await arena.send_from([sender], [sender], [message], Outcome(), budget=None, after_close="stop")
 
     if not await verdict.step(
         SocketDropped,
@@ -2215,6 +2634,7 @@ def arena_on(server: ServerProcess) -> Iterator[Arena]:
         if arena.payloads_sent:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(arena.payloads_sent.items()))
             print(f"\n[fuzz] payloads sent: {counts}")
+            print(f"[fuzz] connections closed by binary input: {arena.closed_by_binary}")
 
 
 def run(arena: Arena, coro: Awaitable[T], timeout: float = 300.0) -> T:
