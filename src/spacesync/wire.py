@@ -651,7 +651,10 @@ class SpaceSocketServer(socketio.AsyncServer):
         return _EngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        if (not isinstance(data, str) or data.startswith(("5", "6"))) and (
+        # Only bytes are binary: engine.io hands over a message that reads as a number ("-1")
+        # as an int, which is a malformed packet like any other.
+        binary = isinstance(data, bytes | bytearray)
+        if (binary or (isinstance(data, str) and data.startswith(("5", "6")))) and (
             await self._screen_binary(eio_sid, data)
         ):
             return

@@ -231,6 +231,8 @@ CASES: list[Case] = [
     Case("raw-numeric-event-name", None, raw='2[42,{"content":"hi"}]'),
     Case("raw-null-event-name", None, raw='2[null,{"content":"hi"}]'),
     Case("raw-data-not-array", None, raw='2{"event":"chat:message"}'),
+    # engine.io reads this message as the number -1: not binary, a malformed packet
+    Case("raw-number", None, raw="-1"),
 ]
 
 
