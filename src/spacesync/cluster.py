@@ -377,6 +377,11 @@ class NodeMonitor:
             reaped = False
             if added or not self.store.healthy or self.store.pending_offline():
                 reaped = await self._restore()
+            else:
+                # Redis kept its data since the last beat: copies other nodes made stale (a
+                # recording stopped by a staff member there) are dropped before a restart of
+                # Redis could make this node write them back.
+                await self.store.refresh_companions()
         except REDIS_ERRORS as exc:
             self.store.mark_down(exc)
             return

@@ -32,7 +32,7 @@ from .. import protocol
 from ..domain.identity import Identity
 from ..observability.logging import log
 from ..state.base import StoreUnavailable
-from ..state.live import LiveState, Recording, Spotlight, live_state_for
+from ..state.live import LiveState, Recording, RedisLiveState, Spotlight, live_state_for
 from ..storage import UNSET, InvalidLink, MapObject, StorageError
 from ..storage.base import SenderType
 from .session import Session
@@ -92,6 +92,8 @@ class LiveEvents:
     def __init__(self, server: SpaceServer, state: LiveState | None = None) -> None:
         self.server = server
         self.state = state if state is not None else live_state_for(server.store)
+        if isinstance(self.state, RedisLiveState):
+            self.state.listener = self
         self._tasks: set[asyncio.Task[None]] = set()
 
     def routes(self) -> dict[str, Handler]:
@@ -432,6 +434,55 @@ class LiveEvents:
                     space_id, "spotlight:deactivated", {**gone.to_wire(), "isActive": False}
                 )
         return kept
+
+    async def recording_restored(
+        self, space_id: str, recording: Recording, displaced: Recording | None
+    ) -> None:
+        """This node wrote its recorder's recording back after Redis lost it. Players who
+        joined meanwhile got no ``recording:status``: everyone gets it now (the same state for
+        those who knew). An older recording it replaced, written back by another node from a
+        stale copy, is told stopped first."""
+        out = self.server.out
+        if displaced is not None:
+            await out.to_space(space_id, "recording:stopped", displaced.to_wire(False))
+        await out.to_space(space_id, "recording:status", recording.to_wire(True))
+        log.info(
+            "I5010",
+            "Recording written back after Redis lost it",
+            spaceId=space_id,
+            recorderId=recording.recorder_id,
+        )
+
+    async def recording_lost(self, space_id: str, recording: Recording, running: Recording) -> None:
+        """This node's recorder's recording could not be written back: another one was
+        started meanwhile (the newest wins). Its players are told it stopped, then which one
+        runs, so the indicator stays on."""
+        out = self.server.out
+        await out.to_space(space_id, "recording:stopped", recording.to_wire(False))
+        await out.to_space(space_id, "recording:status", running.to_wire(True))
+        log.warn(
+            "E3003",
+            "A recording could not be written back after Redis lost it: another one runs",
+            spaceId=space_id,
+            recorderId=recording.recorder_id,
+            runningRecorderId=running.recorder_id,
+        )
+
+    async def recording_ended(self, space_id: str, recording: Recording) -> None:
+        """The recorder left while Redis was away: told now, once it is back."""
+        await self.server.out.to_space(space_id, "recording:stopped", recording.to_wire(False))
+        log.info(
+            "I5011",
+            "Recording stopped: the recorder left",
+            spaceId=space_id,
+            playerId=recording.recorder_id,
+        )
+
+    async def spotlight_ended(self, space_id: str, spotlight: Spotlight) -> None:
+        """The spotlight holder left while Redis was away: told now, once it is back."""
+        await self.server.out.to_space(
+            space_id, "spotlight:deactivated", {**spotlight.to_wire(), "isActive": False}
+        )
 
     async def player_departed(self, space_id: str, identity: Identity) -> None:
         """A player left the space (leave, disconnect, or their node died and this node reaped

@@ -335,6 +335,22 @@ class Restored:
     written back (the party is full now, or the player is in another one of its kind)."""
 
 
+class Companion(Protocol):
+    """State another module keeps in Redis beside the players (a space's recording and
+    spotlights), with a local copy of what this node's players hold, written back with them."""
+
+    async def write_back(
+        self, holds: Callable[[str, str], bool], left: Callable[[str, str], bool]
+    ) -> None:
+        """Write the copy back after Redis was away or lost its data: ``holds(space, player)``
+        says whether the player is still connected to this node; ``left(space, player)``
+        whether they left while Redis was away (what they held ends, and everyone is told:
+        nobody was)."""
+
+    async def refresh(self, holds: Callable[[str, str], bool]) -> None:
+        """Bring the copy in line with Redis (a heartbeat with Redis as it was)."""
+
+
 class SpaceWatcher(Protocol):
     """Told when this node starts and stops serving a space (to follow its channel)."""
 
@@ -422,6 +438,8 @@ class RedisStore:
         self.doubt_after: float | None = None
         self.confirmed_at: float | None = None
         self._party_copy: dict[str, SpaceParties] = {}
+        self.companions: list[Companion] = []
+        """Other state written back with this node's players (see :class:`Companion`)."""
         self._chat = ChatRateLimiter()
         self._chat_counted: dict[str, tuple[list[float], float]] = {}
         """Player -> (accepted message times in Redis time, the matching monotonic offset):
@@ -1194,6 +1212,15 @@ class RedisStore:
     def local_players(self) -> list[tuple[str, PlayerState]]:
         return [(s, p) for s, players in self._local.items() for p in players.values()]
 
+    def serves(self, space_id: str, player_id: str) -> bool:
+        """Whether the player is connected to this node in that space."""
+        return player_id in self._local.get(space_id, ())
+
+    async def refresh_companions(self) -> None:
+        """Let the companions check their copies against Redis (raises Redis errors)."""
+        for companion in self.companions:
+            await companion.refresh(self.serves)
+
     def defer_exit(self, space_id: str, player_id: str, sid: str, event: Any) -> bool:
         """Hold the EXIT of a player who left while Redis was unreachable.
 
@@ -1261,6 +1288,14 @@ class RedisStore:
             restored.lost_parties += [(space_id, p, party) for p, party in lost]
         for space_id in list(self._proximity):
             await self._write_back_proximity(space_id)
+        # Before the departures below: they are still listed, and the others were not told.
+        leaving = {k for k, p in self._left_offline.items() if (*k, p.sid) not in reaped}
+
+        def left(space_id: str, player_id: str) -> bool:
+            return (space_id, player_id) in leaving
+
+        for companion in self.companions:
+            await companion.write_back(self.serves, left)
         while self._left_offline:
             (space_id, player_id), player = self._left_offline.popitem()
             event = self._deferred_exits.pop((space_id, player_id, player.sid), None)
