@@ -4,24 +4,17 @@ other nodes through the space bus, after the message it names."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from support.chat_db import ChatWorld, create_chat_world, drop_chat_world, rows
+from support.chat_db import ChatWorld, rows, seed_chat_world
 from support.cluster import Cluster, dev_join, metrics
 from support.jsclient import Bridge, JsClient
+from support.storage_world import database_fixture
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[ChatWorld]:
-    chat_world = await create_chat_world()
-    try:
-        yield chat_world
-    finally:
-        await drop_chat_world(chat_world)
+world = database_fixture(seed_chat_world)
 
 
 def before(client: JsClient, first: str, then: str) -> None:

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 
 from support.chat_db import (
     ChatWorld,
-    create_chat_world,
-    drop_chat_world,
     history_for,
     rows,
+    seed_chat_world,
     set_connections,
 )
 from support.ids import dev_token, space_id, unique
@@ -26,19 +24,14 @@ from support.jsclient import Bridge, JsClient
 from support.players import dev_player
 from support.server import ServerProcess
 from support.standins import AppStandIn
+from support.storage_world import database_fixture
 
 ServerFactory = Callable[..., ServerProcess]
 SAVE_FAILED = "Your message could not be saved. Please send it again."
 WHISPER_SAVE_FAILED = "Your whisper could not be saved."
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[ChatWorld]:
-    chat_world = await create_chat_world()
-    try:
-        yield chat_world
-    finally:
-        await drop_chat_world(chat_world)
+world = database_fixture(seed_chat_world)
 
 
 def pg_server(start_server: ServerFactory, world: ChatWorld, **env: str | None) -> ServerProcess:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,12 @@ import pytest
 
 from spacesync.domain.auth import sign_user_token
 from spacesync.storage.sqlite import SqliteStorage
-from support.chat_db import ChatWorld, create_chat_world, drop_chat_world
+from support.chat_db import ChatWorld, seed_chat_world
 from support.ids import dev_token, space_id, unique
 from support.jsclient import Bridge, JsClient
 from support.server import ServerProcess
 from support.standins import AppStandIn
+from support.storage_world import database_fixture
 
 ServerFactory = Callable[..., ServerProcess]
 SECRET = "live-secret-" + "y" * 40
@@ -361,13 +362,7 @@ async def test_map_objects_placed_changed_removed_and_synced(
 # -- PostgreSQL: FlowSpace's tables ------------------------------------------------------------
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[ChatWorld]:
-    chat_world = await create_chat_world()
-    try:
-        yield chat_world
-    finally:
-        await drop_chat_world(chat_world)
+world = database_fixture(seed_chat_world)
 
 
 async def pg_rows(world: ChatWorld, sql: str, *args: Any) -> list[dict[str, Any]]:

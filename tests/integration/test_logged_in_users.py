@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,10 @@ from support.standins import AppStandIn
 from support.storage_world import (
     World,
     _admin,
-    check_postgres,
-    create_database,
-    drop_database,
+    database_fixture,
     dsn_for,
-    empty_postgres,
-    seed_postgres,
+    seeded_postgres,
+    throwaway_database,
 )
 
 SECRET = "test-secret-" + "x" * 40
@@ -66,32 +63,25 @@ def metrics(server: ServerProcess) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture(scope="module")
-def pg_world() -> Iterator[tuple[str, World]]:
-    """A FlowSpace database of its own for this module: ``owner`` owns ``space``, ``admin`` is
-    a super admin, ``staff`` gets a STAFF row below, ``player`` is a plain user."""
-    check_postgres()
-    name = asyncio.run(create_database())
-    world = World(kind="postgres")
-
-    async def seed() -> None:
-        conn = await empty_postgres(dsn_for(name))
-        try:
-            await seed_postgres(conn, world)
-            await conn.execute(
-                'INSERT INTO "SpaceMember" ("id", "spaceId", "userId", "role", "updatedAt")'
-                " VALUES ('cmemberstaff0000000000001', $1, $2, 'STAFF', now())",
-                world.space,
-                world.staff,
-            )
-        finally:
-            await conn.close()
-
-    asyncio.run(seed())
+async def _pg_world(name: str) -> tuple[str, World]:
+    """``owner`` owns ``space``, ``admin`` is a super admin, ``staff`` gets a STAFF row here,
+    ``player`` is a plain user."""
+    world = await seeded_postgres(name)
+    conn = await asyncpg.connect(dsn_for(name), timeout=5)
     try:
-        yield dsn_for(name), world
+        await conn.execute(
+            'INSERT INTO "SpaceMember" ("id", "spaceId", "userId", "role", "updatedAt")'
+            " VALUES ('cmemberstaff0000000000001', $1, $2, 'STAFF', now())",
+            world.space,
+            world.staff,
+        )
     finally:
-        asyncio.run(drop_database(name))
+        await conn.close()
+    return dsn_for(name), world
+
+
+# A FlowSpace database of its own for this module.
+pg_world = database_fixture(_pg_world, scope="module")
 
 
 async def joined(
@@ -241,25 +231,12 @@ def test_the_node_snippet_mints_tokens_spacesync_accepts() -> None:
 # -- a database that goes away ------------------------------------------------------------------
 
 
-@pytest.fixture
-def lost_database() -> Iterator[tuple[str, str, World]]:
-    """A seeded database of its own, for a test that cuts it off."""
-    check_postgres()
-    name = asyncio.run(create_database())
-    world = World(kind="postgres")
+async def _lost_database(name: str) -> tuple[str, str, World]:
+    return name, dsn_for(name), await seeded_postgres(name)
 
-    async def seed() -> None:
-        conn = await asyncpg.connect(dsn_for(name), timeout=5)
-        try:
-            await seed_postgres(conn, world)
-        finally:
-            await conn.close()
 
-    asyncio.run(seed())
-    try:
-        yield name, dsn_for(name), world
-    finally:
-        asyncio.run(drop_database(name))
+# A seeded database of its own, for a test that cuts it off.
+lost_database = database_fixture(_lost_database)
 
 
 async def test_a_down_database_lets_players_join_as_participants(
@@ -309,17 +286,13 @@ async def test_a_database_down_at_start_is_opened_once_it_answers(
 
 
 def test_a_database_without_flowspace_tables_stops_start_up() -> None:
-    check_postgres()
-    name = asyncio.run(create_database(load_schema=False))
-    try:
+    with throwaway_database(load_schema=False) as name:
         server = ServerProcess({"DATABASE_URL": dsn_for(name), "NODE_ENV": None})
         assert server.run_to_exit(timeout=20) == 2
         errors = server.find_logs(level="error")
         assert [e["code"] for e in errors] == ["E6003"], server.output()
         assert "Storage schema" in errors[0]["message"]
         server.assert_all_lines_json()
-    finally:
-        asyncio.run(drop_database(name))
 
 
 # -- SQLite: roles from the CLI -----------------------------------------------------------------

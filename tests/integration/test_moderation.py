@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
-from support.chat_db import ChatWorld, create_chat_world, drop_chat_world
+from support.chat_db import ChatWorld, seed_chat_world
 from support.ids import dev_token, space_id, unique
 from support.jsclient import Bridge, JsClient
 from support.server import ServerProcess
 from support.standins import AppStandIn
+from support.storage_world import database_fixture
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -256,13 +257,7 @@ async def test_announce_sanitised_and_limited(bridge: Bridge, dev: ServerProcess
 # -- production: FlowSpace's PostgreSQL ------------------------------------------------------------
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[ChatWorld]:
-    chat_world = await create_chat_world()
-    try:
-        yield chat_world
-    finally:
-        await drop_chat_world(chat_world)
+world = database_fixture(seed_chat_world)
 
 
 async def query(world: ChatWorld, sql: str, *args: Any) -> list[dict[str, Any]]:

@@ -13,8 +13,7 @@ own rows on PostgreSQL, the CLI's operations on SQLite).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -25,25 +24,15 @@ from spacesync.storage.postgres import PostgresStorage
 from spacesync.storage.sqlite import SqliteStorage
 from support.storage_world import (
     World,
-    check_postgres,
-    create_database,
-    drop_database,
+    database_fixture,
     dsn_for,
     empty_postgres,
     seed_postgres,
     seed_sqlite,
 )
 
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """The DSN of this run's throwaway FlowSpace database (dropped at the end)."""
-    check_postgres()
-    name = asyncio.run(create_database())
-    try:
-        yield dsn_for(name)
-    finally:
-        asyncio.run(drop_database(name))
+# The DSN of this run's throwaway FlowSpace database (dropped at the end).
+pg_database = database_fixture(dsn_for, scope="session")
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ SQL: what a member of the space is shown (public messages, whispers they sent or
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from support.storage_world import check_postgres, create_database, drop_database, dsn_for
+from support.storage_world import dsn_for
 
 
 @dataclass
@@ -36,11 +35,9 @@ class ChatWorld:
         return dsn_for(self.database)
 
 
-async def create_chat_world() -> ChatWorld:
-    """A new database with FlowSpace's tables and one seeded space (drop it with
-    :func:`drop_chat_world`)."""
-    await asyncio.to_thread(check_postgres)  # it runs a loop of its own
-    name = await create_database()
+async def seed_chat_world(name: str) -> ChatWorld:
+    """One seeded space in the database ``name``, which has FlowSpace's tables (the tests get
+    one with ``database_fixture(seed_chat_world)`` from :mod:`support.storage_world`)."""
     suffix = secrets.token_hex(4)
     world = ChatWorld(
         database=name,
@@ -80,10 +77,6 @@ async def create_chat_world() -> ChatWorld:
     finally:
         await conn.close()
     return world
-
-
-async def drop_chat_world(world: ChatWorld) -> None:
-    await drop_database(world.database)
 
 
 async def rows(world: ChatWorld, where: str = "TRUE", *args: Any) -> list[dict[str, Any]]:

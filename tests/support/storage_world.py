@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -74,6 +77,38 @@ def check_postgres() -> None:
         )
 
 
+@contextmanager
+def throwaway_database(load_schema: bool = True) -> Iterator[str]:
+    """The name of a new database (see :func:`create_database`) for the ``with`` block, dropped
+    after it. Fails the test when PostgreSQL is not reachable. Runs event loops of its own: not
+    for use inside a coroutine."""
+    check_postgres()
+    name = asyncio.run(create_database(load_schema))
+    try:
+        yield name
+    finally:
+        asyncio.run(drop_database(name))
+
+
+def database_fixture(
+    seed: Callable[[str], Any], scope: Literal["function", "module", "session"] = "function"
+) -> Any:
+    """A fixture giving each test (or each module or session, by ``scope``) a throwaway
+    database with FlowSpace's tables, dropped when done. It yields what ``seed`` returns for the
+    database's name (awaited if it is a coroutine). Assign it to the fixture's name::
+
+        world = database_fixture(seed_chat_world)
+    """
+
+    @pytest.fixture(scope=scope)
+    def fixture() -> Iterator[Any]:
+        with throwaway_database() as name:
+            value = seed(name)
+            yield asyncio.run(value) if inspect.iscoroutine(value) else value
+
+    return fixture
+
+
 @dataclass
 class World:
     """Ids the contract tests use. ``owner`` owns ``space`` (and is its OWNER); ``admin`` is a
@@ -128,6 +163,17 @@ async def seed_postgres(conn: asyncpg.Connection, world: World) -> None:
         world.space,
         world.owner,
     )
+
+
+async def seeded_postgres(name: str) -> World:
+    """The database ``name`` seeded by :func:`seed_postgres`; its world."""
+    world = World(kind="postgres")
+    conn = await asyncpg.connect(dsn_for(name), timeout=5)
+    try:
+        await seed_postgres(conn, world)
+    finally:
+        await conn.close()
+    return world
 
 
 async def seed_sqlite(storage: SqliteStorage, world: World) -> None:
