@@ -7,28 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 from spacesync.domain.auth import sign_user_token
 from spacesync.storage.sqlite import SqliteStorage
 from support.cluster import DEAD_NODE_DEADLINE, Cluster, kill_node
-from support.ids import dev_token, space_id, unique
-from support.jsclient import Bridge, JsClient
-from support.server import ServerProcess
+from support.ids import space_id, unique
+from support.jsclient import Bridge
+from support.players import dev_player_ready
 
 SECRET = "cluster-live-secret-" + "z" * 40
-
-
-async def dev(
-    bridge: Bridge, node: ServerProcess, space: str, nickname: str, role: str | None = None
-) -> JsClient:
-    client = await bridge.connected(node.url, transports=["websocket"])
-    fields: dict[str, Any] = {"playerId": unique("p")}
-    if role is not None:
-        fields["role"] = role
-    await client.join(space, nickname, session_token=dev_token(), **fields)
-    await client.wait_for("proximity:status")
-    return client
 
 
 async def test_reaction_toggles_across_nodes(bridge: Bridge, cluster: Cluster) -> None:
@@ -36,8 +23,8 @@ async def test_reaction_toggles_across_nodes(bridge: Bridge, cluster: Cluster) -
     B's own toggle of the same message is counted apart and reaches A."""
     a, b = await cluster(2)
     space = space_id()
-    ann = await dev(bridge, a, space, "Ann")
-    bob = await dev(bridge, b, space, "Bob")
+    ann = await dev_player_ready(bridge, a, space, "Ann")
+    bob = await dev_player_ready(bridge, b, space, "Bob")
     await ann.wait_for("player:joined")
     toggle = {"messageId": "msg-x1", "type": "thumbsup"}
     await ann.emit("reaction:toggle", toggle)
@@ -55,16 +42,16 @@ async def test_one_recording_per_space_across_nodes(bridge: Bridge, cluster: Clu
     the other is told who records; a joiner on either node gets ``recording:status``."""
     a, b = await cluster(2)
     space = space_id()
-    one = await dev(bridge, a, space, "One", role="STAFF")
-    two = await dev(bridge, b, space, "Two", role="STAFF")
-    watcher = await dev(bridge, a, space, "Watcher")
+    one = await dev_player_ready(bridge, a, space, "One", role="STAFF")
+    two = await dev_player_ready(bridge, b, space, "Two", role="STAFF")
+    watcher = await dev_player_ready(bridge, a, space, "Watcher")
     await asyncio.gather(one.emit("recording:start", {}), two.emit("recording:start", {}))
     started = await watcher.wait_for("recording:started")
     await watcher.expect_nothing("recording:started", within=0.5)
     loser = two if started["recorderId"] == one.player_id else one
     refused = await loser.wait_for("recording:error")
     assert refused == {"message": f"{started['recorderNickname']} is already recording."}
-    late = await dev(bridge, b, space, "Late")
+    late = await dev_player_ready(bridge, b, space, "Late")
     assert await late.wait_for("recording:status") == started
 
 
@@ -84,7 +71,7 @@ async def test_recording_and_spotlight_end_when_the_holder_s_node_dies(
         await storage.close()
     env = {"STORAGE_PATH": path, "AUTH_SESSIONS": "signed", "AUTH_TOKEN_SECRET": SECRET}
     a, b = await cluster(2, **env)
-    watcher = await dev(bridge, a, space, "Watcher")
+    watcher = await dev_player_ready(bridge, a, space, "Watcher")
     host = await bridge.connected(b.url, transports=["websocket"])
     await host.join(space, "Host", session_token=sign_user_token(SECRET, uid, 2**31 - 1))
     assert (await host.wait_for("spotlight:status"))["hasGrant"] is True
@@ -105,6 +92,6 @@ async def test_recording_and_spotlight_end_when_the_holder_s_node_dies(
     assert names.index("spotlight:deactivated") < names.index("player:left")
     assert took < DEAD_NODE_DEADLINE, took
 
-    newcomer = await dev(bridge, a, space, "Newcomer")
+    newcomer = await dev_player_ready(bridge, a, space, "Newcomer")
     assert newcomer.received("recording:status") == []
     assert (await newcomer.wait_for("spotlight:status"))["activeSpotlights"] == []

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from spacesync.domain.auth import sign_user_token
 from spacesync.storage.sqlite import SqliteStorage
 from support.cluster import Cluster, CuttableProxy, PrivateRedis, wait_ready, wait_status
-from support.ids import dev_token, space_id, unique
-from support.jsclient import Bridge, JsClient
-from support.server import ServerProcess
+from support.ids import space_id, unique
+from support.jsclient import Bridge
+from support.players import dev_player_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -27,20 +26,6 @@ SECRET = "restart-live-secret-" + "r" * 40
 READY_AGAIN_WITHIN = 10.0
 REBUILT_WITHIN = 3.0
 """A node writes its state back at its next heartbeat (every 2 s) after Redis is back."""
-
-
-async def dev(
-    bridge: Bridge, node: ServerProcess, space: str, nickname: str, role: str | None = None
-) -> JsClient:
-    """A development player, returned once its join state (ending in ``proximity:status``)
-    has arrived."""
-    client = await bridge.connected(node.url, transports=["websocket"])
-    fields: dict[str, Any] = {"playerId": unique("p")}
-    if role is not None:
-        fields["role"] = role
-    await client.join(space, nickname, session_token=dev_token(), **fields)
-    await client.wait_for("proximity:status")
-    return client
 
 
 async def granted_user(path: str, space: str) -> str:
@@ -66,8 +51,8 @@ async def test_recording_and_spotlight_are_rebuilt_after_redis_restarts_empty(
     uid = await granted_user(path, space)
     env = {"STORAGE_PATH": path, "AUTH_SESSIONS": "signed", "AUTH_TOKEN_SECRET": SECRET}
     a, b = await cluster(2, REDIS_URL=private_redis.url(0), **env)
-    recorder = await dev(bridge, a, space, "Rec", role="STAFF")
-    other_staff = await dev(bridge, b, space, "Second", role="STAFF")
+    recorder = await dev_player_ready(bridge, a, space, "Rec", role="STAFF")
+    other_staff = await dev_player_ready(bridge, b, space, "Second", role="STAFF")
     host = await bridge.connected(b.url, transports=["websocket"])
     await host.join(space, "Host", session_token=sign_user_token(SECRET, uid, 2**31 - 1))
     assert (await host.wait_for("spotlight:status"))["hasGrant"] is True
@@ -84,7 +69,7 @@ async def test_recording_and_spotlight_are_rebuilt_after_redis_restarts_empty(
 
     spotlight = {"participantId": host.player_id, "nickname": "Host"}
     for node, name in ((a, "LateA"), (b, "LateB")):
-        late = await dev(bridge, node, space, name)
+        late = await dev_player_ready(bridge, node, space, name)
         statuses = late.received("recording:status")
         assert statuses and statuses[0] == started, (name, statuses)
         assert statuses[0]["isRecording"] is True
@@ -110,8 +95,8 @@ async def test_a_recording_started_meanwhile_wins_and_the_lost_one_is_told_stopp
     a = await cluster.add("node-a", REDIS_URL=redis_link.url(0))
     b = await cluster.add("node-b", REDIS_URL=private_redis.url(0))
     space = space_id()
-    first = await dev(bridge, a, space, "First", role="STAFF")
-    second = await dev(bridge, b, space, "Second", role="STAFF")
+    first = await dev_player_ready(bridge, a, space, "First", role="STAFF")
+    second = await dev_player_ready(bridge, b, space, "Second", role="STAFF")
     await first.emit("recording:start", {})
     mine = await second.wait_for("recording:started")
 
@@ -134,5 +119,5 @@ async def test_a_recording_started_meanwhile_wins_and_the_lost_one_is_told_stopp
         assert stopped == {**mine, "isRecording": False}
         status = await client.wait_for("recording:status", timeout=5)
         assert status == newer
-    late = await dev(bridge, a, space, "Late")
+    late = await dev_player_ready(bridge, a, space, "Late")
     assert late.received("recording:status") == [newer]

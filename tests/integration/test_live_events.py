@@ -19,8 +19,9 @@ import pytest
 from spacesync.domain.auth import sign_user_token
 from spacesync.storage.sqlite import SqliteStorage
 from support.chat_db import ChatWorld, seed_chat_world
-from support.ids import dev_token, space_id, unique
+from support.ids import space_id, unique
 from support.jsclient import Bridge, JsClient
+from support.players import dev_player_ready
 from support.server import ServerProcess
 from support.standins import AppStandIn
 from support.storage_world import database_fixture
@@ -28,18 +29,6 @@ from support.storage_world import database_fixture
 ServerFactory = Callable[..., ServerProcess]
 SECRET = "live-secret-" + "y" * 40
 JOIN_ORDER = ["room:joined", "objects:sync", "recording:status", "spotlight:status"]
-
-
-async def dev(
-    bridge: Bridge, server: ServerProcess, space: str, nickname: str, role: str | None = None
-) -> JsClient:
-    client = await bridge.connected(server.url, transports=["websocket"])
-    fields: dict[str, Any] = {"playerId": unique("p")}
-    if role is not None:
-        fields["role"] = role
-    await client.join(space, nickname, session_token=dev_token(), **fields)
-    await client.wait_for("proximity:status")
-    return client
 
 
 def join_events(client: JsClient) -> list[str]:
@@ -60,8 +49,8 @@ async def test_reaction_toggles_per_message_user_and_type(
     sender is not told (its client already toggled), the others are, with ``action``."""
     server = start_server(NODE_ENV="development")
     space = space_id()
-    ann = await dev(bridge, server, space, "Ann")
-    bob = await dev(bridge, server, space, "Bob")
+    ann = await dev_player_ready(bridge, server, space, "Ann")
+    bob = await dev_player_ready(bridge, server, space, "Bob")
     toggle = {"messageId": "msg-1", "type": "heart"}
 
     await ann.emit("reaction:toggle", toggle)
@@ -104,9 +93,9 @@ async def test_recording_one_per_space_for_staff_with_join_order(
     ``spotlight:status``; a participant cannot stop it, the recorder and staff can."""
     server = start_server(NODE_ENV="development")
     space = space_id()
-    staff = await dev(bridge, server, space, "Stella", role="STAFF")
-    owner = await dev(bridge, server, space, "Otto", role="OWNER")
-    guest = await dev(bridge, server, space, "Gus")
+    staff = await dev_player_ready(bridge, server, space, "Stella", role="STAFF")
+    owner = await dev_player_ready(bridge, server, space, "Otto", role="OWNER")
+    guest = await dev_player_ready(bridge, server, space, "Gus")
 
     await guest.emit("recording:start", {})
     assert await guest.wait_for("recording:error") == {
@@ -126,7 +115,7 @@ async def test_recording_one_per_space_for_staff_with_join_order(
     await owner.emit("recording:start")
     assert await owner.wait_for("recording:error") == {"message": "Stella is already recording."}
 
-    late = await dev(bridge, server, space, "Late")
+    late = await dev_player_ready(bridge, server, space, "Late")
     assert join_events(late) == [
         "room:joined",
         "recording:status",
@@ -147,7 +136,7 @@ async def test_recording_one_per_space_for_staff_with_join_order(
     await staff.wait_for("recording:started", lambda r: r["recorderNickname"] == "Otto")
     await owner.emit("recording:stop", {})
     await staff.wait_for("recording:stopped", lambda r: r["recorderNickname"] == "Otto")
-    quiet = await dev(bridge, server, space, "Quiet")
+    quiet = await dev_player_ready(bridge, server, space, "Quiet")
     assert "recording:status" not in join_events(quiet)
 
 
@@ -243,7 +232,7 @@ async def test_spotlight_needs_a_valid_grant(
     assert status["expiresAt"].endswith("Z") and status["expiresAt"][:10] == soon.date().isoformat()
     late = await user(expired, "Late")
     assert (await late.wait_for("spotlight:status"))["hasGrant"] is False
-    devo = await dev(bridge, server, space, "Devo", role="OWNER")
+    devo = await dev_player_ready(bridge, server, space, "Devo", role="OWNER")
     for client in (late, devo):
         await client.emit("spotlight:activate", {})
         assert await client.wait_for("spotlight:error") == {
@@ -256,7 +245,7 @@ async def test_spotlight_needs_a_valid_grant(
 
     await lit.emit("spotlight:activate", {})
     await devo.wait_for("spotlight:activated")
-    newcomer = await dev(bridge, server, space, "Newcomer")
+    newcomer = await dev_player_ready(bridge, server, space, "Newcomer")
     seen = await newcomer.wait_for("spotlight:status")
     assert seen["activeSpotlights"] == [{"participantId": lit.player_id, "nickname": "Lit"}]
     await lit.emit("spotlight:deactivate", {})
@@ -276,8 +265,8 @@ async def test_map_objects_placed_changed_removed_and_synced(
     on ``object:error`` and changes nothing."""
     server = start_server(NODE_ENV="development")
     space = space_id()
-    editor = await dev(bridge, server, space, "Editor", role="STAFF")
-    viewer = await dev(bridge, server, space, "Viewer")
+    editor = await dev_player_ready(bridge, server, space, "Editor", role="STAFF")
+    viewer = await dev_player_ready(bridge, server, space, "Viewer")
     assert "objects:sync" not in join_events(viewer)
 
     await viewer.emit("object:place", {"assetId": "chair", "position": {"x": 1, "y": 2}})
@@ -338,7 +327,7 @@ async def test_map_objects_placed_changed_removed_and_synced(
         assert (await editor.wait_for("object:error"))["message"]
     await viewer.expect_nothing("object:placed", within=0.3)
 
-    joiner = await dev(bridge, server, space, "Joiner")
+    joiner = await dev_player_ready(bridge, server, space, "Joiner")
     assert join_events(joiner)[:2] == ["room:joined", "objects:sync"]
     synced = (await joiner.wait_for("objects:sync"))["objects"]
     assert [o["id"] for o in synced] == [first["id"], second["id"]]
@@ -351,7 +340,7 @@ async def test_map_objects_placed_changed_removed_and_synced(
         "deletedBy": editor.player_id,
         "deletedByNickname": "Editor",
     }
-    last = await dev(bridge, server, space, "Last")
+    last = await dev_player_ready(bridge, server, space, "Last")
     remaining = (await last.wait_for("objects:sync"))["objects"]
     assert [o["id"] for o in remaining] == [second["id"]]
     assert "linkedObjectId" not in remaining[0]  # unlinked with the deletion

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from support.ids import dev_token, unique
 from support.jsclient import Bridge, JsClient
 from support.server import ServerProcess
@@ -24,4 +26,18 @@ async def dev_player(
     await client.join(
         space, nickname, session_token=dev_token(), playerId=player_id or unique("player")
     )
+    return client
+
+
+async def dev_player_ready(
+    bridge: Bridge, server: ServerProcess, space: str, nickname: str, role: str | None = None
+) -> JsClient:
+    """A development player (claiming ``role`` if given) over WebSocket, returned once its join
+    state, ending in ``proximity:status``, has arrived."""
+    client = await bridge.connected(server.url, transports=["websocket"])
+    fields: dict[str, Any] = {"playerId": unique("p")}
+    if role is not None:
+        fields["role"] = role
+    await client.join(space, nickname, session_token=dev_token(), **fields)
+    await client.wait_for("proximity:status")
     return client
