@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 
+from support.exits import calls_for, wait_until
 from support.ids import space_id, unique
 from support.jsclient import Bridge
 from support.server import ServerProcess
-from support.standins import AppStandIn, RecordedRequest
+from support.standins import AppStandIn
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -36,21 +37,6 @@ async def leave_as_guest(
     client = await bridge.connected(server.url, transports=["websocket"])
     await client.join(space, "Leaver", session_token=token)
     await client.emit("leave:space")
-
-
-def calls_for(app: AppStandIn, token: str) -> list[RecordedRequest]:
-    return [
-        c
-        for c in app.event_calls()
-        if isinstance(c.body, dict) and c.body.get("sessionToken") == token
-    ]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_exit_owed_at_shutdown_is_sent_by_the_next_start(

@@ -16,31 +16,17 @@ from typing import Any
 
 import httpx
 
+from support.exits import calls_for, wait_until
 from support.ids import space_id, unique
 from support.jsclient import Bridge
 from support.server import ServerProcess
-from support.standins import AppStandIn, RecordedRequest
+from support.standins import AppStandIn
 
 ServerFactory = Callable[..., ServerProcess]
 
 GRACE = 2.0
 # After the EXIT arrived, keep watching this long for a second (duplicate) one.
 SETTLE = 1.0
-
-
-def calls_for(app: AppStandIn, token: str) -> list[RecordedRequest]:
-    return [
-        c
-        for c in app.event_calls()
-        if isinstance(c.body, dict) and c.body.get("sessionToken") == token
-    ]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def metrics(server: ServerProcess) -> dict[str, Any]:
