@@ -34,6 +34,25 @@ def _frame(payload: bytes, binary: bool) -> bytes:
     return head + mask + masked
 
 
+async def read_frame(reader: asyncio.StreamReader, timeout: float) -> tuple[int, bytes] | None:
+    """The next server frame as ``(opcode, payload)``, or ``None`` when the connection ends
+    (closed, or a close frame). ``TimeoutError`` when no frame starts within ``timeout``."""
+    try:
+        head = await asyncio.wait_for(reader.readexactly(2), timeout)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", await reader.readexactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", await reader.readexactly(8))[0]
+        payload = await reader.readexactly(length)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    opcode = head[0] & 0x0F
+    if opcode == 0x8:
+        return None
+    return opcode, payload
+
+
 class RawWebSocket:
     """An Engine.IO WebSocket session driven frame by frame."""
 
@@ -97,19 +116,11 @@ class RawWebSocket:
         """The next text frame (pings are answered), or ``None`` when the connection ends."""
         assert self.reader is not None
         while True:
-            try:
-                head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
-                length = head[1] & 0x7F
-                if length == 126:
-                    length = struct.unpack("!H", await self.reader.readexactly(2))[0]
-                elif length == 127:
-                    length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
-                payload = await self.reader.readexactly(length)
-            except (asyncio.IncompleteReadError, ConnectionError):
+            frame = await read_frame(self.reader, timeout)
+            if frame is None:
                 return None
-            if head[0] & 0x0F == 0x8:
-                return None
-            if head[0] & 0x0F == 0x2:
+            opcode, payload = frame
+            if opcode == 0x2:
                 continue
             text = payload.decode()
             if text == "2":

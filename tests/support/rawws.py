@@ -12,8 +12,10 @@ import base64
 import json
 import os
 import socket
-import struct
 from typing import Any
+
+from support.rawio import _frame as masked_frame
+from support.rawio import read_frame
 
 
 class StalledClient:
@@ -49,14 +51,7 @@ class StalledClient:
 
     def send(self, text: str) -> None:
         assert self.writer is not None
-        data = text.encode()
-        mask = os.urandom(4)
-        if len(data) < 126:
-            head = bytes((0x81, 0x80 | len(data)))
-        else:
-            head = struct.pack("!BBH", 0x81, 0x80 | 126, len(data))
-        body = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self.writer.write(head + mask + body)
+        self.writer.write(masked_frame(text.encode(), binary=False))
 
     def emit(self, event: str, data: Any) -> None:
         self.send("42" + json.dumps([event, data]))
@@ -64,19 +59,8 @@ class StalledClient:
     async def _frame(self, timeout: float = 5.0) -> str | None:
         """The next text frame, or ``None`` when the connection ends."""
         assert self.reader is not None
-        try:
-            head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
-            length = head[1] & 0x7F
-            if length == 126:
-                length = struct.unpack("!H", await self.reader.readexactly(2))[0]
-            elif length == 127:
-                length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
-            payload = await self.reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        if head[0] & 0x0F == 0x8:
-            return None  # close frame
-        return payload.decode()
+        frame = await read_frame(self.reader, timeout)
+        return None if frame is None else frame[1].decode()
 
     async def read_all(self, quiet: float = 1.0) -> tuple[list[tuple[str, Any]], bool]:
         """Read until nothing arrives for ``quiet`` seconds: ``(events, still_open)``.
