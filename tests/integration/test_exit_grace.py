@@ -50,7 +50,7 @@ async def test_churn_sends_one_exit_covering_the_whole_stay(
     for cycle in range(20):
         client = await bridge.connected(server.url, transports=["websocket"])
         await client.join(space, "Churner", session_token=token)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # each visit lasts a while, so the whole stay is several seconds
         if cycle % 2:
             await client.emit("leave:space")
             await asyncio.sleep(0.05)

@@ -49,7 +49,9 @@ async def test_dev_join_gets_room_joined_then_proximity_status(
     bridge: Bridge, dev_server: ServerProcess, transport: str
 ) -> None:
     """SPEC §2.1, §4: in development a `dev-` token joins without verification; the joiner
-    receives `room:joined` and then `proximity:status`, before anything else."""
+    receives `room:joined`, then (as FlowSpace's server sends them) `spotlight:status` and
+    `proximity:status`, before anything else (an empty space has no map objects and no
+    recording, so no `objects:sync` or `recording:status`)."""
     space = space_id()
     player = unique("player")
     client = await bridge.connected(dev_server.url, transports=[transport])
@@ -60,7 +62,8 @@ async def test_dev_join_gets_room_joined_then_proximity_status(
     assert joined["yourPlayerId"] == player
     assert [p["id"] for p in joined["players"]] == [player]
     assert status == {"enabled": False}
-    assert client.event_names()[:2] == ["room:joined", "proximity:status"]
+    assert client.event_names()[:3] == ["room:joined", "spotlight:status", "proximity:status"]
+    assert client.received("spotlight:status")[0]["activeSpotlights"] == []
 
 
 async def test_health_shape(dev_server: ServerProcess) -> None:
