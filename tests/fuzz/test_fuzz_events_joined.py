@@ -44,7 +44,7 @@ from support.fuzzing import (
 from support.server import ServerProcess
 
 BATCH = 96  # message slots per example (about nine in ten used)
-EXAMPLES = 24  # per event: about 2,000 payloads
+EXAMPLES = 16  # per event: about 1,300 payloads
 
 
 @pytest.fixture(scope="module")

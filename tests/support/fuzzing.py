@@ -72,6 +72,7 @@ SPAWN = {"x": 480, "y": 320, "direction": "down", "isMoving": False}
 
 ERROR_CHANNELS = ("error", "chat:error", "whisper:error", "party:error", "proximity:error")
 ERROR_CHANNELS += ("reaction:error", "recording:error", "spotlight:error", "object:error")
+ERROR_CHANNELS += ("admin:error",)
 
 # Client -> server events (SPEC §4).
 CLIENT_EVENTS = (
@@ -100,6 +101,12 @@ CLIENT_EVENTS = (
     "object:place",
     "object:update",
     "object:delete",
+    "admin:mute",
+    "admin:unmute",
+    "admin:kick",
+    "admin:unban",
+    "admin:deleteMessage",
+    "admin:announce",
 )
 # Events whose payload is an object (SPEC §4 table): anything else is bad input (SPEC §8).
 OBJECT_PAYLOAD_EVENTS = frozenset(CLIENT_EVENTS) - {"leave:space", "leaveParty", "party:leave"}
@@ -402,7 +409,10 @@ def _short(value: Any, limit: int = 160) -> str:
 class Ref:
     """A value only known at run time: ``self`` (the sender's player id), ``other`` (the other
     fuzzing player), ``bystander``, ``probe``, ``space`` (the arena's space), ``party`` (a party
-    id seen so far, by index), ``nick:<who>`` (a current nickname)."""
+    id seen so far, by index), ``nick:<who>`` (a current nickname), ``message`` (a database
+    message id seen so far, by index), ``member:other`` (the other fuzzing player's id, never
+    anyone else's), ``member:nick:<self|other>`` (``nickname:<its nickname>``, as moderation
+    names a member)."""
 
     name: str
     index: int = 0
@@ -886,6 +896,42 @@ class Gen:
     def chat_type(self) -> str:
         return self.r.choice(["message", "whisper", "party", "whisper", "party", "system"])
 
+    def message_ref(self) -> Any:
+        if self.r.random() < 0.6:
+            return Ref("message", self.r.randrange(4))
+        return self.r.choice([self.identifier(), f"msg-{self.identifier()}"])
+
+    def kick_target(self) -> Any:
+        """A ``targetMemberId`` that is the sender itself (refused) or nobody present: a fuzzing
+        player may be OWNER, and a kick of the bystander, the probe or the other fuzzing player
+        would end a socket the checks rely on."""
+        r = self.r
+        k = r.random()
+        if k < 0.2:
+            return Ref("self")
+        if k < 0.3:
+            return Ref("member:nick:self")
+        if k < 0.8:
+            prefix = r.choice(["", "user:", "guest:"])
+            return f"{prefix}gone-{self.identifier()}"
+        if k < 0.9:
+            name = "".join(r.choices(NICKNAME_CHARS, k=r.randrange(1, 33)))
+            return f"nickname:{name}"
+        return r.choice(["nickname:", "user:", "guest:", ":", "nickname: ", "t" * 201, "a b"])
+
+    def member_target(self) -> Any:
+        """A ``targetMemberId`` for mute, unmute and unban: as :meth:`kick_target`, or the other
+        fuzzing player (by id or nickname), whom a mute leaves connected."""
+        k = self.r.random()
+        if k < 0.2:
+            return Ref("member:other")
+        if k < 0.3:
+            return Ref("member:nick:other")
+        return self.kick_target()
+
+    def mute_minutes(self) -> Any:
+        return self.r.choice([1, 5, 60, 1.5, 43_200, 0, None, 0.5, 43_201, -1])
+
     # -- messages ----------------------------------------------------------------------------
 
     def mutated(self, event: str) -> dict[str, Any]:
@@ -1158,6 +1204,16 @@ TEMPLATES: dict[str, dict[str, Callable[[Gen], Any]]] = {
         "linkedObjectId": Gen.identifier,
     },
     "object:delete": {"objectId": Gen.identifier},
+    "admin:mute": {
+        "targetMemberId": Gen.member_target,
+        "duration": Gen.mute_minutes,
+        "reason": Gen.content,
+    },
+    "admin:unmute": {"targetMemberId": Gen.member_target},
+    "admin:kick": {"targetMemberId": Gen.kick_target, "ban": Gen.boolean, "reason": Gen.content},
+    "admin:unban": {"targetMemberId": Gen.member_target},
+    "admin:deleteMessage": {"messageId": Gen.message_ref},
+    "admin:announce": {"content": Gen.content},
 }
 
 # -- strategies ------------------------------------------------------------------------------
@@ -1304,7 +1360,24 @@ RATE_LIMITS: dict[str, RateLimit] = {
     "proximity:set": RateLimit("proximity", 5, 10.0),
     "join:space": RateLimit("join", 5, 10.0, rules=2),
     "leave:space": RateLimit("leave", 5, 10.0, rules=2),
+    "reaction:toggle": RateLimit("reaction", 30, 10.0),
+    "recording:start": RateLimit("recording", 5, 10.0),
+    "recording:stop": RateLimit("recording", 5, 10.0),
+    "spotlight:activate": RateLimit("spotlight", 5, 10.0),
+    "spotlight:deactivate": RateLimit("spotlight", 5, 10.0),
+    "object:place": RateLimit("object", 40, 10.0),
+    "object:update": RateLimit("object", 40, 10.0),
+    "object:delete": RateLimit("object", 40, 10.0),
+    "admin:mute": RateLimit("admin", 10, 10.0),
+    "admin:unmute": RateLimit("admin", 10, 10.0),
+    "admin:kick": RateLimit("admin", 10, 10.0),
+    "admin:unban": RateLimit("admin", 10, 10.0),
+    "admin:deleteMessage": RateLimit("admin", 10, 10.0),
+    "admin:announce": RateLimit("announce", 3, 30.0),
 }
+CHAT_COUNTED = frozenset({"admin:announce"})
+"""Events counted with the sender's chat as well: every refusal by the chat limit is answered,
+on the event's own channel, with ``RATE_LIMITED``."""
 CHAT_LIMIT = (5, 5.0)
 """Chat, whispers and party messages: 5 per 5 s per player; every refusal is answered."""
 MOVES_PER_SECOND = 120
@@ -1554,6 +1627,87 @@ def _is_member(value: Any) -> bool:
     )
 
 
+ADMIN_ACTIONS = ("mute", "unmute", "kick", "unban", "deleteMessage", "announce")
+
+
+def _is_guard_reply(payload: Any) -> bool:
+    """A reply every event's guard sends on the event's channel: ``{message}`` for a malformed
+    payload, ``{message, code: "RATE_LIMITED", retryAfter}`` for a rate limit. The moderation
+    handlers' own refusals name the ``action`` besides."""
+    return (
+        isinstance(payload, dict)
+        and "action" not in payload
+        and set(payload) <= {"message", "code", "retryAfter"}
+        and payload.get("code", "RATE_LIMITED") == "RATE_LIMITED"
+        and ("code" in payload) == ("retryAfter" in payload)
+    )
+
+
+MAX_MUTE_MINUTES = 43_200  # README "Events": a mute lasts 1 to 43,200 minutes, or for ever
+MAX_REASON = 200
+ISO_MS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+# Moderation events to the space (README "Events"): the fields each must have, with the name of
+# the moderator's id field; then the optional ones.
+MEMBER_EVENTS: dict[str, tuple[str, frozenset[str]]] = {
+    "member:muted": ("mutedBy", frozenset({"duration", "reason", "mutedUntil"})),
+    "member:unmuted": ("unmutedBy", frozenset()),
+    "member:kicked": ("kickedBy", frozenset({"reason"})),
+    "member:unbanned": ("unbannedBy", frozenset()),
+}
+
+
+def _is_member_name(value: Any) -> bool:
+    """A moderated member's ``nickname``: a player's (the nickname rule) or, for a member who
+    is not in the space, the id the moderator named them by."""
+    return _is_nickname(value) or _is_id(value)
+
+
+def _is_reason(value: Any) -> bool:
+    """A relayed reason: neutralised, one line, 1-200 characters."""
+    return (
+        _is_message_text(value)
+        and bool(value.strip())
+        and content_problem(value, one_line=True, limit=MAX_REASON) is None
+    )
+
+
+def member_event_problems(event: str, payload: Any) -> list[str]:
+    by, optional = MEMBER_EVENTS[event]
+    checks: dict[str, Callable[[Any], bool]] = {
+        "memberId": _is_id,
+        "nickname": _is_member_name,
+        by: _is_id,
+        f"{by}Nickname": _is_nickname,
+    }
+    if event == "member:kicked":
+        checks["banned"] = lambda v: isinstance(v, bool)
+    problems = _fields(payload, event, **checks)
+    if problems:
+        return problems
+    extra = set(payload) - set(checks) - optional
+    if extra:
+        problems.append(f"{event}: unexpected fields {sorted(extra)}")
+    if "reason" in payload and not _is_reason(payload["reason"]):
+        problems.append(f"{event}: reason {_short(payload['reason'])}")
+    if event == "member:muted":
+        minutes = payload.get("duration")
+        if "duration" in payload and not (
+            isinstance(minutes, int | float)
+            and not isinstance(minutes, bool)
+            and 1 <= minutes <= MAX_MUTE_MINUTES
+        ):
+            problems.append(f"{event}: duration {minutes!r}")
+        until = payload.get("mutedUntil")
+        if "mutedUntil" in payload and not (
+            isinstance(until, str) and ISO_MS_RE.fullmatch(until) is not None
+        ):
+            problems.append(f"{event}: mutedUntil {_short(until)}")
+        if ("duration" in payload) != ("mutedUntil" in payload):
+            problems.append(f"{event}: a timed mute has both duration and mutedUntil")
+    return problems
+
+
 def shape_problems(event: Any, payload: Any) -> list[str]:
     """Everything wrong with one server -> client event, per SPEC §3 and §5."""
     where = str(event)
@@ -1604,7 +1758,32 @@ def shape_problems(event: Any, payload: Any) -> list[str]:
         checks: dict[str, Callable[[Any], bool]] = {"message": _is_text}
         if event == "error":
             checks["code"] = _is_text
+        if event == "admin:error" and not _is_guard_reply(payload):
+            checks["action"] = lambda v: v in ADMIN_ACTIONS
         return _fields(payload, where, **checks)
+    if event in ("chat:messageIdUpdate", "whisper:messageIdUpdate"):
+        return _fields(payload, where, tempId=_is_id, realId=_is_id)
+    if event in ("chat:messageFailed", "whisper:messageFailed"):
+        return _fields(payload, where, tempId=_is_id, reason=_is_text)
+    if event in MEMBER_EVENTS:
+        return member_event_problems(event, payload)
+    if event == "chat:messageDeleted":
+        return _fields(
+            payload, where, messageId=_is_id, deletedBy=_is_id, deletedByNickname=_is_nickname
+        )
+    if event == "space:announcement":
+        problems = _fields(
+            payload,
+            where,
+            id=lambda v: isinstance(v, str) and re.fullmatch(r"announce-\d+", v) is not None,
+            senderId=_is_id,
+            senderNickname=_is_nickname,
+            timestamp=lambda v: isinstance(v, int) and not isinstance(v, bool),
+            content=lambda v: _is_message_text(v) and bool(v.strip()),
+        )
+        if not problems and (problem := content_problem(payload["content"])):
+            problems.append(f"{where}: content {problem}: {_short(payload['content'])}")
+        return problems
     if event == "proximity:status":
         return _fields(payload, where, enabled=lambda v: isinstance(v, bool))
     if event == "proximity:changed":
@@ -1772,6 +1951,7 @@ class Arena:
 
     def refs_for(self, sender: FuzzClient, other: FuzzClient | None) -> Callable[[Ref], Any]:
         parties = self.known_parties()
+        messages = self.known_messages()
 
         def refs(ref: Ref) -> Any:
             if ref.name == "self":
@@ -1792,6 +1972,14 @@ class Arena:
                 return (other or sender).nickname or "Probe"
             if ref.name == "nick:self":
                 return sender.nickname or "Nobody"
+            if ref.name == "message":
+                return messages[ref.index % len(messages)] if messages else f"msg-{ref.index}"
+            if ref.name == "member:other":
+                return (other.player_id if other else None) or "gone-other"
+            if ref.name == "member:nick:other":
+                return f"nickname:{(other.nickname if other else None) or 'Gone'}"
+            if ref.name == "member:nick:self":
+                return f"nickname:{sender.nickname or 'Nobody'}"
             raise AssertionError(ref)
 
         return refs
@@ -1807,6 +1995,17 @@ class Arena:
                     if isinstance(party, str) and party not in seen:
                         seen.append(party)
         return seen
+
+    def known_messages(self) -> list[str]:
+        """Database ids of messages seen so far (``chat:messageIdUpdate``), newest first."""
+        seen: list[str] = []
+        for c in self.clients:
+            for item in list(c.events):
+                if item.event == "chat:messageIdUpdate" and isinstance(item.payload, dict):
+                    real = item.payload.get("realId")
+                    if isinstance(real, str) and real not in seen:
+                        seen.append(real)
+        return seen[::-1][:8]
 
     async def send_from(
         self,
@@ -2166,6 +2365,7 @@ class ReplyOracle:
         self.sessions = 1
         self.limits_touched: set[str] = set()
         self.rate_replies_allowed = 0
+        self.chat_counted = 0
         self._certain = joined
         self._used: dict[str, int] = dict(self.start_used)
 
@@ -2180,6 +2380,8 @@ class ReplyOracle:
         if self.start_joined and not self._certain:
             low, high = 0, max(high, 1)
         limit = RATE_LIMITS.get(message.event) if isinstance(message.event, str) else None
+        if message.event in CHAT_COUNTED and not message.raw:
+            self.chat_counted += 1
         if limit is not None and not message.raw:
             self.limits_touched.add(message.event)
             if self._used.get(limit.name, 0) >= limit.limit:
@@ -2197,12 +2399,13 @@ class ReplyOracle:
 
     def rate_limited_bound(self, seconds: float) -> int:
         """Most ``RATE_LIMITED`` answers the batch may get in ``seconds``: one per limit per
-        window, over every socket the sender used."""
+        window, over every socket the sender used, plus one for each message also counted with
+        the sender's chat (whose refusals are all answered)."""
         total = 0
         for event in self.limits_touched:
             limit = RATE_LIMITS[event]
             total += limit.rules * (math.floor(seconds / limit.window) + 2)
-        return total * self.sessions
+        return total * self.sessions + self.chat_counted
 
 
 def oracle_for(messages: Sequence[Message], *, joined: bool, used: dict[str, int]) -> ReplyOracle:
