@@ -230,6 +230,7 @@ async def binary_example(arena: Arena, batch: list[Session], baseline: int) -> N
         "chat:system",
         "player:jumped",
         "chat:message",
+        "chat:messageIdUpdate",  # the probe's chat line, saved
     }
     if heard:
         verdict.add(BystanderDisturbed, f"the bystander heard {sorted(heard)}")
