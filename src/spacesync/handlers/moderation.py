@@ -190,15 +190,14 @@ class Moderation:
                 "notice.muted_for", moderator=moderator, nickname=nickname, minutes=request.minutes
             )
         await self._system(space_id, self.texts.with_reason(text, request.reason))
-        data = {
-            "memberId": target.member_id,
-            "nickname": target.nickname,
-            "mutedBy": actor.player_id,
-            "mutedByNickname": actor.nickname,
-            "duration": _minutes(request.minutes),
-            "reason": request.reason,
-            "mutedUntil": mute.iso_until(),
-        }
+        data = _member_payload(
+            target,
+            actor,
+            "muted",
+            duration=_minutes(request.minutes),
+            reason=request.reason,
+            mutedUntil=mute.iso_until(),
+        )
         await self.out.to_space(space_id, "member:muted", _present(data))
         self._log_event(
             space_id,
@@ -230,12 +229,7 @@ class Moderation:
         await self._system(
             space_id, self.texts.text("notice.unmuted", moderator=moderator, nickname=nickname)
         )
-        data = {
-            "memberId": target.member_id,
-            "nickname": target.nickname,
-            "unmutedBy": actor.player_id,
-            "unmutedByNickname": actor.nickname,
-        }
+        data = _member_payload(target, actor, "unmuted")
         await self.out.to_space(space_id, "member:unmuted", data)
         self._log_event(space_id, "MEMBER_UNMUTED", target, {"unmutedBy": _by(actor)})
         if not saved:
@@ -260,14 +254,7 @@ class Moderation:
         key = "notice.banned" if request.ban else "notice.kicked"
         text = self.texts.text(key, moderator=moderator, nickname=nickname)
         await self._system(space_id, self.texts.with_reason(text, request.reason))
-        data = {
-            "memberId": target.member_id,
-            "nickname": target.nickname,
-            "kickedBy": actor.player_id,
-            "kickedByNickname": actor.nickname,
-            "reason": request.reason,
-            "banned": request.ban,
-        }
+        data = _member_payload(target, actor, "kicked", reason=request.reason, banned=request.ban)
         await self.out.to_space(space_id, "member:kicked", _present(data))
         await self._signal(space_id, {"t": "kick", "p": target.player_id, "ban": request.ban})
         self._log_event(
@@ -304,12 +291,7 @@ class Moderation:
         await self._system(
             space_id, self.texts.text("notice.unbanned", moderator=moderator, nickname=nickname)
         )
-        data = {
-            "memberId": target.member_id,
-            "nickname": target.nickname,
-            "unbannedBy": actor.player_id,
-            "unbannedByNickname": actor.nickname,
-        }
+        data = _member_payload(target, actor, "unbanned")
         await self.out.to_space(space_id, "member:unbanned", data)
 
     # -- admin:deleteMessage / admin:announce ------------------------------------------------------
@@ -720,3 +702,15 @@ def _of(identity: Identity) -> Target:
 def _present(data: dict[str, Any]) -> dict[str, Any]:
     """Without the fields that are ``None``: the original leaves them ``undefined``."""
     return {k: v for k, v in data.items() if v is not None}
+
+
+def _member_payload(target: Any, actor: Any, verb: str, **extra: Any) -> dict[str, Any]:
+    """The ``member:<verb>`` payload: who was acted on and by whom (``<verb>By`` is the
+    moderator's player id, ``<verb>ByNickname`` their nickname), plus the event's own fields."""
+    return {
+        "memberId": target.member_id,
+        "nickname": target.nickname,
+        f"{verb}By": actor.player_id,
+        f"{verb}ByNickname": actor.nickname,
+        **extra,
+    }
