@@ -24,6 +24,7 @@ import socketio
 from engineio import packet as eio_packet
 
 from .observability.logging import log
+from .observability.timing import NOT_OBSERVED, Observer
 from .wire import ws_frame as _ws_frame
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class _SpaceMoves:
     """Sockets that get one ``player:moved`` per position: socket id -> engine.io id."""
     last_flush: float = 0.0
     scheduled: bool = False
+    queued_at: float = 0.0
+    """When the oldest move of the next tick was queued (monotonic)."""
 
 
 class Broadcaster:
@@ -92,6 +95,10 @@ class Broadcaster:
         self._flush_scheduled = False
         self._last_write_out = 0.0
         self.moves_relayed = 0
+        self.tick_seconds: Observer = NOT_OBSERVED
+        """How long each tick of positions takes to build and write (one figure per tick)."""
+        self.move_wait_seconds: Observer = NOT_OBSERVED
+        """Per tick: how long its oldest move waited between being queued and written."""
         self.bus: ClusterBus | None = None
         """Set in cluster mode: what is sent here also goes to the players on other nodes."""
         self._players: dict[str, dict[str, str]] = {}
@@ -287,7 +294,8 @@ class Broadcaster:
         if not moves.scheduled:
             moves.scheduled = True
             loop = asyncio.get_running_loop()
-            delay = moves.last_flush + self.tick - time.monotonic()
+            moves.queued_at = now = time.monotonic()
+            delay = moves.last_flush + self.tick - now
             if delay <= 0:
                 loop.call_soon(self._start_flush, space_id)
             else:
@@ -311,7 +319,7 @@ class Broadcaster:
         entries = [*moves.transitions, *moves.pending.values()]
         moves.transitions = []
         moves.pending = {}
-        moves.last_flush = time.monotonic()
+        moves.last_flush = started = time.monotonic()
         self.moves_relayed += len(entries)
         bodies = [orjson.dumps(payload) for _, payload in entries]
         ids = [payload["id"] for _, payload in entries]
@@ -321,6 +329,9 @@ class Broadcaster:
         self._send_moves(space_id, bodies, ids, own)
         if self.bus is not None:
             self.bus.publish_moves(space_id, bodies, ids)
+        done = time.monotonic()
+        self.tick_seconds.observe(done - started)
+        self.move_wait_seconds.observe(done - moves.queued_at)
 
     def deliver_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None:
         """A tick of positions from another node, to this node's players in the space."""

@@ -23,6 +23,7 @@ import hashlib
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -31,6 +32,7 @@ import httpx
 
 from ..domain.identity import Verification, token_user_id
 from ..observability.logging import log
+from ..observability.timing import NOT_OBSERVED, Observer
 from .exit_journal import ExitJournal
 
 RETRY_BASE_DELAY = 1.0
@@ -60,6 +62,17 @@ class VerifyResult:
     @property
     def valid(self) -> bool:
         return self.verification is not None
+
+
+CALL_OUTCOMES = ("ok", "refused", "error", "timeout", "circuit_open")
+"""How a call to the app ended: answered yes; answered no (an invalid session, a 4xx); failed
+(unreachable, a 5xx); no answer in time; not made because the circuit was open."""
+_VERIFY_OUTCOME = {
+    VerifyStatus.VALID: "ok",
+    VerifyStatus.INVALID: "refused",
+    VerifyStatus.UNREACHABLE: "error",
+    VerifyStatus.TIMEOUT: "timeout",
+}
 
 
 class CircuitBreaker:
@@ -119,6 +132,9 @@ class AppClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.breaker = CircuitBreaker()
+        self.calls: Counter[tuple[str, str]] = Counter()
+        """(call, outcome) -> count: ``verify``/``exit`` by :data:`CALL_OUTCOMES`."""
+        self.verify_seconds: Observer = NOT_OBSERVED
         # Verifications beyond this many wait their turn here, outside the 5 s timeout: in a
         # join storm (every client of a restarted node at once) a queue of joins is not a
         # failing app, and must not open the circuit.
@@ -136,12 +152,16 @@ class AppClient:
         """Ask the app about a session at ``url`` (default: the guest verify route)."""
         breaker = self.breaker
         if not breaker.allow():
+            self.calls["verify", "circuit_open"] += 1
             return VerifyResult(
                 VerifyStatus.UNREACHABLE,
                 detail=f"not called: it failed {breaker.threshold} times in a row; "
                 f"trying again in {breaker.retry_in():.0f}s",
             )
+        started = time.monotonic()
         result = await self._verify(token, space_id, url or f"{self.base_url}/api/guest/verify")
+        self.verify_seconds.observe(time.monotonic() - started)
+        self.calls["verify", _VERIFY_OUTCOME[result.status]] += 1
         if result.status in (VerifyStatus.TIMEOUT, VerifyStatus.UNREACHABLE):
             breaker.failure()
         else:
@@ -546,6 +566,7 @@ class ExitOutbox:
                     response = await self.client.send_exit(event)
                 status = response.status_code
                 if 200 <= status < 300:
+                    self.client.calls["exit", "ok"] += 1
                     self.delivered += 1
                     self._journal("done", event)
                     log.debug(
@@ -553,10 +574,13 @@ class ExitOutbox:
                     )
                     return
                 problem = f"HTTP {status}"
+                self.client.calls["exit", "error" if status >= 500 else "refused"] += 1
             except (httpx.TimeoutException, TimeoutError):
                 problem = "timeout"
+                self.client.calls["exit", "timeout"] += 1
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                self.client.calls["exit", "error"] += 1
             self.failed_attempts += 1
             give_up = (
                 status is not None

@@ -23,6 +23,7 @@ message fail with an obscure error an hour later.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import orjson
 
+from ..observability.timing import NOT_OBSERVED, Observer
 from .base import (
     CHAT_RESTRICTIONS,
     MESSAGE_TYPES,
@@ -292,6 +294,9 @@ _EVENT_COLUMNS = (
 class PostgresStorage(Storage):
     """:class:`Storage` on FlowSpace's PostgreSQL database; build it with :meth:`open`."""
 
+    latency: Observer = NOT_OBSERVED
+    """Seconds each operation took, waiting for a pooled connection included."""
+
     def __init__(self, pool: asyncpg.Pool, op_timeout: float) -> None:
         self._pool = pool
         self._op_timeout = op_timeout
@@ -342,6 +347,7 @@ class PostgresStorage(Storage):
 
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection within ``op_timeout``, errors as StorageError."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._op_timeout):
                 async with self._pool.acquire() as conn:
@@ -358,6 +364,8 @@ class PostgresStorage(Storage):
             raise StorageError(f"PostgreSQL error: {_describe(exc)}") from exc
         except Exception as exc:  # asyncpg's client-side errors (a connection in a bad state)
             raise StorageUnavailable(f"PostgreSQL client error: {_describe(exc)}") from exc
+        finally:
+            self.latency.observe(time.monotonic() - started)
 
     async def check_schema(self) -> None:
         """Raise :class:`SchemaError` naming every table, column, enum type or enum value

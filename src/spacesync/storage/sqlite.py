@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from ..observability.timing import NOT_OBSERVED, Observer
 from .base import (
     CHAT_RESTRICTIONS,
     PUBLIC_MESSAGE_TYPES,
@@ -268,6 +270,9 @@ def _event(row: sqlite3.Row) -> EventLogEntry:
 class SqliteStorage(Storage):
     """:class:`Storage` on a local SQLite file; build it with :meth:`open`."""
 
+    latency: Observer = NOT_OBSERVED
+    """Seconds each call took, waiting for the worker thread included."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spacesync-sqlite")
@@ -335,6 +340,7 @@ class SqliteStorage(Storage):
             return work(db)  # type: ignore[arg-type]
 
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             return await loop.run_in_executor(self._executor, run)
         except StorageError:
@@ -345,6 +351,8 @@ class SqliteStorage(Storage):
             raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"SQLite {self.path}: {exc}") from exc
+        finally:
+            self.latency.observe(time.monotonic() - started)
 
     async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Like :meth:`_call`, inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error)."""
