@@ -31,8 +31,10 @@ from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
 from .integrations.exit_journal import ExitJournal
 from .observability.abuse import AbuseCounters
+from .observability.document import metrics_document
 from .observability.logging import install_alert_handler, log
-from .observability.metrics import METRICS_VERSION, LoopLag, ProcessFigures
+from .observability.metrics import LoopLag, ProcessFigures
+from .observability.prom import JSON, NodeMetrics, wanted_format
 from .rooms import RoomManager
 from .state.base import StateStore
 from .state.memory import MemoryStore
@@ -213,6 +215,9 @@ class SpacesyncNode:
             self.bus.on_evict = self.server.evict_replaced_here
             self.bus.on_signal = self.server.moderation.on_signal
             self.monitor.member = self.server
+        self.prom = NodeMetrics(self)
+        """Every figure of ``GET /metrics``, in both of its forms."""
+        self.prom.install()
         self.web = web.Application()
         self._add_routes()
         self._runner: web.AppRunner | None = None
@@ -441,98 +446,18 @@ class SpacesyncNode:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
+        """SPEC §10's JSON document, or, for an ``Accept`` naming Prometheus text or
+        OpenMetrics (as Prometheus sends), the registry in that exposition format."""
         if not self._authorized(request):
             return self._unauthorized()
-        rooms = self.server.local_spaces()
-        snapshot = self.figures.snapshot()
-        body: dict[str, Any] = {
-            "server": "socket.io",
-            "version": METRICS_VERSION,
-            "timestamp": int(time.time() * 1000),
-            "uptime": snapshot["uptime"],
-            "connections": {
-                "total": self.server.socket_count(),
-                "rooms": [{"spaceId": s, "connections": n} for s, n in sorted(rooms.items())],
-                "roomCount": len(rooms),
-            },
-            "parties": {"count": await self.store.party_count()},
-            "process": {
-                **snapshot["process"],
-                **self.figures.runtime(),
-                "eventLoopLag": self.loop_lag.figures(),
-            },
-            "memory": snapshot["memory"],
-            "cpu": snapshot["cpu"],
-            "storage": snapshot["storage"],
-            "node": {
-                "hostname": self.settings.hostname,
-                "environment": self.settings.environment,
-                "spacesyncVersion": __version__,
-            },
-            "events": {
-                "handled": self.server.events_handled,
-                "badInput": self.server.bad_inputs,
-                "movesRelayed": self.broadcaster.moves_relayed,
-            },
-            "abuse": self.abuse.snapshot(),
-            "slowClients": {
-                "catchingUp": self.broadcaster.lagging_clients,
-                "positionsFolded": self.broadcaster.positions_folded,
-                "disconnected": self.broadcaster.slow_disconnects,
-            },
-            **await self._cluster_metrics(),
-            "appApi": {
-                "circuitOpen": self.app_client.breaker.open,
-                "circuitOpened": self.app_client.breaker.times_opened,
-            },
-            "exits": {
-                "backlog": self.exits.backlog,
-                "owed": self.exits.owed(),
-                "durable": self.exits.durable,
-                "delivered": self.exits.delivered,
-                "failedAttempts": self.exits.failed_attempts,
-                "dropped": self.exits.dropped,
-                "held": self.exits.held,
-            },
-            "chatLog": self.server.chat_log.figures(),
-            "database": await self.server.access.database_figures(),
-            "auth": {"sessions": self.settings.auth_sessions},
-            "alerts": {
-                "enabled": self.alerter.enabled,
-                "sent": self.alerter.sent,
-                "failed": self.alerter.failed,
-            },
-        }
         headers = _JSON_HEADERS if self._internal_token is None else _PRIVATE_HEADERS
-        return _json(body, pretty=True, headers=headers)
-
-    async def _cluster_metrics(self) -> dict[str, Any]:
-        """Cluster-wide figures beside the node's own (cluster mode only)."""
-        if self.monitor is None or self.bus is None:
-            return {}
-        sizes = await self.store.space_sizes()
-        cluster: dict[str, Any] = {
-            "nodeId": self.node_id,
-            "redis": "ok" if await self.store.ready() else "unavailable",
-            "nodes": None,
-            "connections": sum(sizes.values()),
-            "rooms": [{"spaceId": s, "connections": n} for s, n in sorted(sizes.items())],
-            "roomCount": len(sizes),
-            "nodesLost": self.monitor.nodes_lost,
-            "redisOutages": self.monitor.outages,
-            "bus": {
-                "published": self.bus.published,
-                "received": self.bus.received,
-                "dropped": self.bus.dropped,
-            },
-        }
-        try:
-            members = (await self.monitor.cluster_figures())["nodes"]
-            cluster["nodes"] = len(members)
-            cluster["members"] = members
-        except Exception:
-            cluster["members"] = []
-        return {"cluster": cluster}
+        refreshed = await self.prom.refresh()
+        fmt = wanted_format(request.headers.get("Accept", ""))
+        if fmt != JSON:
+            body, content_type = self.prom.exposition(fmt)
+            return web.Response(body=body, headers={**headers, "Content-Type": content_type})
+        document = metrics_document(self, self.prom.samples(), refreshed)
+        return _json(document, pretty=True, headers=headers)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -555,6 +480,7 @@ class SpacesyncNode:
         self._use_storage(self.storage)
 
     def _use_storage(self, storage: Storage) -> None:
+        self.prom.watch_storage(storage)
         self.server.storage = storage
         self.server.chat_log.storage = storage
 

@@ -37,16 +37,27 @@ def storage(path: str = "/") -> dict[str, Any] | None:
     blocks reserved for root count as neither, so used ÷ total would read several points low on
     an ordinary ext4 disk and an alert on it would fire too late.
     """
+    usage = disk_usage(path)
+    return None if usage is None else storage_figures(*usage, path=path)
+
+
+def disk_usage(path: str = "/") -> tuple[int, int, int] | None:
+    """Total, used and free (available to unprivileged users) bytes of a file system."""
     try:
         usage = shutil.disk_usage(path)
     except OSError:
         return None
-    usable = usage.used + usage.free
-    used_percent = -(-usage.used * 100 // usable) if usable else 0
+    return usage.total, usage.used, usage.free
+
+
+def storage_figures(total: int, used: int, free: int, path: str = "/") -> dict[str, Any]:
+    """The ``storage`` section of ``/metrics`` from a file system's bytes (see :func:`storage`)."""
+    usable = used + free
+    used_percent = -(-used * 100 // usable) if usable else 0
     return {
-        "totalGB": round(usage.total / _GIB, 2),
-        "usedGB": round(usage.used / _GIB, 2),
-        "availableGB": round(usage.free / _GIB, 2),
+        "totalGB": round(total / _GIB, 2),
+        "usedGB": round(used / _GIB, 2),
+        "availableGB": round(free / _GIB, 2),
         "usedPercent": used_percent,
         "mountPoint": path,
     }
