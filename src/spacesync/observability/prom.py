@@ -498,19 +498,24 @@ class NodeMetrics:
             "How long the latest ping of the database took (NaN when it did not answer).",
             registry=r,
         )
+        # Cluster figures only in cluster mode (unregistered gauges otherwise): a node without
+        # Redis must not report Redis as down.
+        clustered = r if node.monitor is not None and node.bus is not None else None
         self.redis_up = Gauge(
             PREFIX + "redis_up",
             "1 if Redis answered at the latest scrape (cluster mode).",
-            registry=r,
+            registry=clustered,
         )
         self.cluster_nodes = Gauge(
-            PREFIX + "cluster_nodes", "Nodes alive in the cluster (NaN if unknown).", registry=r
+            PREFIX + "cluster_nodes",
+            "Nodes alive in the cluster (NaN if unknown).",
+            registry=clustered,
         )
         self.cluster_connections = Gauge(
-            PREFIX + "cluster_connections", "Players joined across the cluster.", registry=r
+            PREFIX + "cluster_connections", "Players joined across the cluster.", registry=clustered
         )
         self.cluster_spaces = Gauge(
-            PREFIX + "cluster_spaces", "Spaces with players across the cluster.", registry=r
+            PREFIX + "cluster_spaces", "Spaces with players across the cluster.", registry=clustered
         )
         ProcessCollector(registry=r)
         r.register(_NodeCollector(node, self))
