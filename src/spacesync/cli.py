@@ -12,12 +12,17 @@ server uses (the same ``DATABASE_URL`` / ``STORAGE_PATH``) and exits:
 A command prints one JSON object on stdout. A failure prints one JSON log line on stderr and
 exits 2 for a bad configuration or a database without FlowSpace's tables (nothing will work
 until someone fixes it), 1 for anything else (the database is down, an unknown user).
+
+``spacesync check [--timeout SECONDS]`` tries every dependency the settings name (see
+:mod:`spacesync.diagnostics`) and prints a table: exit code 0 when every required one answers,
+1 when one does not, 2 for a bad configuration. ``spacesync --version`` prints the version.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import signal
 import sys
@@ -26,7 +31,10 @@ from types import TracebackType
 
 import orjson
 
+from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .diagnostics import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
+from .diagnostics import exit_code, render, run_checks, scrub, secret_values
 from .integrations.exit_journal import JournalError
 from .observability.logging import configure_logging, log
 from .storage import SchemaError, Storage, StorageError, open_storage
@@ -113,13 +121,33 @@ class CommandError(Exception):
     """A command that cannot be carried out as asked (exit code 1)."""
 
 
+def version() -> str:
+    """The installed distribution's version, or the package's own when it is not installed."""
+    try:
+        return importlib.metadata.version("spacesync")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spacesync",
         description="Without a command: run the server. With one: administer its storage"
-        " (DATABASE_URL, or the SQLite file at STORAGE_PATH).",
+        " (DATABASE_URL, or the SQLite file at STORAGE_PATH), or check its dependencies.",
     )
+    parser.add_argument("--version", action="version", version=f"spacesync {version()}")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    check = groups.add_parser(
+        "check",
+        help="try every dependency with the configured settings (exit 0: all required answer)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_check_timeout,
+        default=DEFAULT_CHECK_TIMEOUT,
+        help=f"seconds each check may take (default {DEFAULT_CHECK_TIMEOUT:g})",
+    )
 
     members = groups.add_parser("members", help="roles and bans of a space's members")
     member_cmds = members.add_subparsers(dest="command", required=True, metavar="ACTION")
@@ -146,6 +174,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("space_id")
     revoke.add_argument("user_id")
     return parser
+
+
+def _check_timeout(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"must be between 0.1 and 60 seconds, got {raw!r}")
+    return value
 
 
 def _positive_minutes(raw: str) -> int:
@@ -235,9 +273,28 @@ async def _run_command(settings: Settings, ns: argparse.Namespace) -> dict[str, 
         await storage.close()
 
 
+def run_check(timeout: float) -> int:
+    """``spacesync check``: the dependency table on stdout; 0, 1 or 2 (see the module)."""
+    secrets = secret_values(os.environ)
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        configure_logging("info", os.environ.get("HOSTNAME") or "spacesync")
+        message = scrub(str(exc), secrets)
+        log.error("E6003", f"Invalid configuration: {message}", no_alert=True)
+        return EXIT_CONFIG
+    # the table is the output: only warnings and errors are logged (to stderr)
+    configure_logging("warn", settings.hostname)
+    results = asyncio.run(run_checks(settings, os.environ, timeout))
+    sys.stdout.write(render(results, secrets))
+    return exit_code(results)
+
+
 def run_command(args: list[str]) -> int:
     """Run one administration command; its exit code."""
     ns = _parser().parse_args(args)
+    if ns.group == "check":
+        return run_check(ns.timeout)
     try:
         settings = load_settings(os.environ)
     except ConfigError as exc:
