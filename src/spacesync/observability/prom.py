@@ -32,7 +32,6 @@ from typing import Any
 import psutil
 from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST as TEXT_CONTENT_TYPE
 from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
@@ -42,6 +41,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from .metrics import disk_usage, heap_used_bytes
 
 PREFIX = "spacesync_"
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""Prometheus's classic text format. Newer ``prometheus_client`` releases label their text
+output 1.0.0 (names outside the classic character set escaped); every name and label here is
+of the classic set, so the output is the same and is served as what Prometheus asked for."""
 OTHER_EVENT = "other"
 """The ``event`` label of events the server has no handler for (whatever their name)."""
 _SOCKETIO_OWN = frozenset({"connect", "disconnect", "*"})
