@@ -1,0 +1,722 @@
+"""An Engine.IO v4 server on aiohttp: sessions over HTTP long-polling and WebSocket, the
+upgrade from one to the other, the heartbeat, ``maxPayload`` and CORS.
+
+Each session is a :class:`Connection`, the one object the layers above send through. What is sent
+to a WebSocket is collected per connection and written once per turn of the event loop (or per
+:data:`WRITE_WINDOW` when the server is busy), so a burst of events costs one system call per
+client, and pre-built frames can be shared by every recipient of a broadcast.
+
+The protocol is the one specified in ``socketio/engine.io-protocol``; where it leaves room, the
+choices are the reference server's: a session is closed when it sends something that is not a
+packet, when two long-polling requests of the same kind overlap, or when it misses a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import WSMsgType, web
+
+from . import codec
+from .codec import BadPacket, ws_frame
+
+WRITE_WINDOW = 0.005
+"""Writes to WebSockets are collected for at most this long while the server is busy."""
+KERNEL_SEND_BUFFER = 64 * 1024
+"""Kernel send buffer of a WebSocket (the kernel doubles it). Left to autotuning, each socket of a
+client that stops reading may hold megabytes in the kernel, out of the server's sight; capped, a
+client that falls behind shows up in the transport's own buffer, where the per-client limit
+applies."""
+
+# Reasons a session ends, as the reference server names them.
+TRANSPORT_CLOSE = "transport close"
+TRANSPORT_ERROR = "transport error"
+PING_TIMEOUT = "ping timeout"
+PARSE_ERROR = "parse error"
+FORCED_CLOSE = "forced close"
+SERVER_SHUTDOWN = "server shutting down"
+TOO_SLOW = "too slow"
+
+log = logging.getLogger("spacesync.transport")
+
+_ERRORS = {
+    0: "Transport unknown",
+    1: "Session ID unknown",
+    2: "Bad handshake method",
+    3: "Bad request",
+    4: "Forbidden",
+    5: "Unsupported protocol version",
+}
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    cors_origins: Sequence[str] | str = ()
+    """Allowed browser origins, or ``"*"`` for any. A request from another origin is refused."""
+    upgrade_timeout: float = 10.0
+    """A WebSocket opened to upgrade a session must finish the upgrade within this time."""
+    buffer_limit: int = 4 * 1024 * 1024
+    """A client with more than this waiting to be sent is disconnected."""
+    lagging_bytes: int = 64 * 1024
+    """A WebSocket with more than this waiting in its send buffer is lagging."""
+    max_poll_packets: int = 1024
+    """Packets in one long-polling request body."""
+
+
+class EngineHandler(Protocol):
+    """What the layer above is told."""
+
+    def opened(self, conn: Connection) -> None: ...
+
+    async def message(self, conn: Connection, data: str | bytes) -> None: ...
+
+    def closed(self, conn: Connection, reason: str) -> None: ...
+
+
+class Gate(Protocol):
+    """Counts sessions per client address, from handshake to close."""
+
+    def opened(self, address: str) -> None: ...
+
+    def closed(self, address: str) -> None: ...
+
+
+class Connection:
+    """One Engine.IO session: what the layers above send through.
+
+    ``send`` takes an encoded Engine.IO message (``b"4..."``), with its WebSocket frame when the
+    caller already built one for several recipients; ``lagging`` and ``buffered_bytes`` tell how
+    far behind the client is; ``close`` ends the session.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_poll",
+        "_posting",
+        "_queue",
+        "_queued_bytes",
+        "_timer",
+        "_tx",
+        "_ws",
+        "address",
+        "close_reason",
+        "closed",
+        "engine",
+        "owner",
+        "pinged",
+        "sid",
+        "transport",
+        "upgrading",
+    )
+
+    def __init__(self, engine: EngineServer, sid: str, address: str, transport: str) -> None:
+        self.engine = engine
+        self.sid = sid
+        self.address = address
+        self.transport = transport
+        self.closed = False
+        self.close_reason = ""
+        self.upgrading = False
+        self.pinged = False
+        self.owner: Any = None
+        """The layer above's object for this session (set when it is opened)."""
+        self._queue: list[str | bytes] = []
+        self._queued_bytes = 0
+        self._poll: asyncio.Future[None] | None = None
+        self._posting = False
+        self._tx: asyncio.Transport | None = None
+        self._ws: web.WebSocketResponse | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.sid} {self.transport}{' closed' if self.closed else ''}>"
+
+    # -- sending ------------------------------------------------------------------------------
+
+    @property
+    def direct(self) -> bool:
+        """Whether packets go straight to a WebSocket (not queued for long-polling)."""
+        return self._tx is not None and not self.upgrading
+
+    def send(self, packet: bytes, frame: bytes | None = None) -> None:
+        """An encoded Engine.IO packet (``b"4..."`` for a message); ``frame`` is its WebSocket
+        frame, when already built."""
+        if self.closed:
+            return
+        if self._tx is not None and not self.upgrading:
+            self.engine.write(self, frame if frame is not None else ws_frame(packet))
+        else:
+            self._enqueue(packet.decode())
+
+    def send_text(self, packet: str) -> None:
+        if self.closed:
+            return
+        if self._tx is not None and not self.upgrading:
+            self.engine.write(self, ws_frame(packet.encode()))
+        else:
+            self._enqueue(packet)
+
+    def send_text_now(self, packet: str) -> None:
+        """Like :meth:`send_text`, but written at once in a write of its own (after what is
+        already collected), not with what follows it."""
+        self.send_text(packet)
+        if self._tx is not None and not self.upgrading:
+            self.engine.flush(self)
+
+    def send_binary(self, data: bytes) -> None:
+        """A binary message (raw on WebSocket, base64 on long-polling)."""
+        if self.closed:
+            return
+        if self._tx is not None and not self.upgrading:
+            self.engine.write(self, ws_frame(data, binary=True))
+        else:
+            self._enqueue(data)
+
+    def _enqueue(self, packet: str | bytes) -> None:
+        self._queue.append(packet)
+        self._queued_bytes += len(packet)
+        if self._queued_bytes > self.engine.options.buffer_limit:
+            self.engine.too_slow(self)
+            return
+        poll = self._poll
+        if poll is not None and not poll.done():
+            poll.set_result(None)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What is waiting to be sent to the client."""
+        tx = self._tx
+        if tx is not None and not self.upgrading:
+            return tx.get_write_buffer_size() + self.engine.pending_bytes(self)
+        return self._queued_bytes
+
+    @property
+    def lagging(self) -> bool:
+        tx = self._tx
+        return (
+            tx is not None
+            and not self.upgrading
+            and tx.get_write_buffer_size() > self.engine.options.lagging_bytes
+        )
+
+    # -- heartbeat ----------------------------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.pinged = False
+        self._timer = self.engine.loop.call_later(self.engine.options.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.closed:
+            return
+        self.pinged = True
+        self.send_text(codec.PING)
+        self._timer = self.engine.loop.call_later(
+            self.engine.options.ping_timeout, self._ping_timed_out
+        )
+
+    def _ping_timed_out(self) -> None:
+        self._timer = None
+        if not self.closed:
+            self.close(PING_TIMEOUT, graceful=False)
+
+    def _pong(self) -> None:
+        if self.pinged:
+            self._schedule_ping()
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self, reason: str = FORCED_CLOSE, graceful: bool = True) -> None:
+        """End the session. ``graceful``: what was sent before goes out first, then a close
+        (a WebSocket close frame, or a CLOSE packet for a waiting long-poll)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        engine = self.engine
+        tx = self._tx
+        if tx is not None and not self.upgrading:
+            if graceful:
+                engine.flush(self)
+                if not tx.is_closing():
+                    tx.write(codec.WS_CLOSE_FRAME)
+                    tx.close()
+            else:
+                engine.discard(self)
+                tx.abort()
+        else:
+            if tx is not None:  # a WebSocket that was still upgrading
+                tx.abort()
+            poll = self._poll
+            if poll is not None and not poll.done():
+                self._queue.append(codec.CLOSE if graceful else codec.NOOP)
+                poll.set_result(None)
+            elif graceful and self._queue:
+                # What was sent before the close (a Socket.IO DISCONNECT, an error) is still
+                # handed to the client's next long-poll, with the CLOSE packet.
+                self._queue.append(codec.CLOSE)
+                engine.forget(self, reason, drain=True)
+                return
+        engine.forget(self, reason)
+
+    def abort(self, reason: str) -> None:
+        """Close at once, without sending anything (hostile or broken input)."""
+        self.close(reason, graceful=False)
+
+
+@dataclass(slots=True)
+class _Writes:
+    pending: dict[Connection, list[bytes]] = field(default_factory=dict)
+    scheduled: bool = False
+    last: float = 0.0
+
+
+class EngineServer:
+    """Engine.IO sessions over aiohttp; :meth:`handle` is the request handler for the path."""
+
+    def __init__(
+        self,
+        handler: EngineHandler,
+        options: EngineOptions | None = None,
+        *,
+        gate: Gate | None = None,
+        address_of: Callable[[web.Request], str] | None = None,
+        on_too_slow: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.options = options or EngineOptions()
+        self.gate = gate
+        self.address_of = address_of or (lambda request: request.remote or "")
+        self.on_too_slow = on_too_slow
+        self.sessions: dict[str, Connection] = {}
+        self.slow_disconnects = 0
+        self._writes = _Writes()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def write(self, conn: Connection, data: bytes) -> None:
+        writes = self._writes
+        pending = writes.pending.get(conn)
+        if pending is None:
+            writes.pending[conn] = [data]
+            if not writes.scheduled:
+                writes.scheduled = True
+                loop = self.loop
+                delay = writes.last + WRITE_WINDOW - loop.time()
+                if delay <= 0:
+                    loop.call_soon(self.flush_all)
+                else:
+                    loop.call_later(delay, self.flush_all)
+        else:
+            pending.append(data)
+
+    def pending_bytes(self, conn: Connection) -> int:
+        pending = self._writes.pending.get(conn)
+        return sum(map(len, pending)) if pending else 0
+
+    def flush_all(self) -> None:
+        writes = self._writes
+        writes.scheduled = False
+        writes.last = self.loop.time()
+        pending, writes.pending = writes.pending, {}
+        limit = self.options.buffer_limit
+        for conn, chunks in pending.items():
+            tx = conn._tx
+            if tx is None or tx.is_closing():
+                continue
+            if tx.get_write_buffer_size() > limit:
+                self.too_slow(conn)
+                continue
+            tx.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def flush(self, conn: Connection) -> None:
+        """Write what is collected for ``conn`` now (before it is closed)."""
+        chunks = self._writes.pending.pop(conn, None)
+        tx = conn._tx
+        if chunks and tx is not None and not tx.is_closing():
+            tx.write(b"".join(chunks))
+
+    def discard(self, conn: Connection) -> None:
+        self._writes.pending.pop(conn, None)
+
+    def too_slow(self, conn: Connection) -> None:
+        """Disconnect a client that does not take what it is sent."""
+        if conn.closed:
+            return
+        self.slow_disconnects += 1
+        if self.on_too_slow is not None:
+            self.on_too_slow(conn)
+        conn.close(TOO_SLOW, graceful=False)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _open(self, address: str, transport: str) -> Connection:
+        sid = secrets.token_urlsafe(15)
+        conn = Connection(self, sid, address, transport)
+        self.sessions[sid] = conn
+        if self.gate is not None:
+            self.gate.opened(address)
+        return conn
+
+    def _handshake(self, conn: Connection) -> str:
+        upgrades = '["websocket"]' if conn.transport == "polling" else "[]"
+        o = self.options
+        return (
+            f'0{{"sid":"{conn.sid}","upgrades":{upgrades},'
+            f'"pingInterval":{round(o.ping_interval * 1000)},'
+            f'"pingTimeout":{round(o.ping_timeout * 1000)},"maxPayload":{o.max_payload}}}'
+        )
+
+    def forget(self, conn: Connection, reason: str, drain: bool = False) -> None:
+        """A closed session: gone from the table, uncounted, and the layer above told.
+
+        ``drain``: a long-polling session keeps its entry until its next GET has fetched what
+        is queued (or for one heartbeat period, if that GET never comes)."""
+        if drain:
+            self.loop.call_later(
+                self.options.ping_interval + self.options.ping_timeout, self._drop, conn
+            )
+        else:
+            self._drop(conn)
+        if self.gate is not None:
+            self.gate.closed(conn.address)
+        try:
+            self.handler.closed(conn, reason)
+        except Exception:
+            log.exception("Closing a session failed")
+
+    def _drop(self, conn: Connection) -> None:
+        if self.sessions.get(conn.sid) is conn:
+            del self.sessions[conn.sid]
+
+    async def close_all(self, reason: str = SERVER_SHUTDOWN) -> None:
+        for conn in list(self.sessions.values()):
+            conn.close(reason)
+        await asyncio.sleep(0)
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _cors(self, request: web.Request) -> dict[str, str] | None:
+        """CORS headers for the request's origin, or ``None`` when the origin is refused."""
+        origin = request.headers.get("Origin")
+        allowed = self.options.cors_origins
+        if origin is None:
+            return {}
+        if allowed == "*":
+            return {"Access-Control-Allow-Origin": "*"}
+        if origin in allowed:
+            return {
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Credentials": "true",
+                "Vary": "Origin",
+            }
+        return None
+
+    def _error(self, code: int, headers: dict[str, str] | None = None, status: int = 400) -> Any:
+        return web.json_response(
+            {"code": code, "message": _ERRORS[code]}, status=status, headers=headers or {}
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        cors = self._cors(request)
+        if cors is None:
+            return web.json_response({"code": 3, "message": "Not an accepted origin"}, status=403)
+        if request.method == "OPTIONS":
+            headers = dict(cors)
+            headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            wanted = request.headers.get("Access-Control-Request-Headers")
+            if wanted:
+                headers["Access-Control-Allow-Headers"] = wanted
+            return web.Response(status=204, headers=headers)
+        query = request.query
+        if query.get("EIO") != "4":
+            return self._error(5, cors)
+        transport = query.get("transport")
+        if transport not in ("polling", "websocket"):
+            return self._error(0, cors)
+        sid = query.get("sid")
+        if transport == "websocket":
+            if request.headers.get("Upgrade", "").lower() != "websocket":
+                return self._error(3, cors)
+            if sid is None:
+                return await self._websocket(request, None)
+            conn = self.sessions.get(sid)
+            if conn is None or conn.closed:
+                return self._error(1, cors)
+            return await self._websocket(request, conn)
+        if sid is None:
+            if request.method != "GET":
+                return self._error(2, cors)
+            conn = self._open(self.address_of(request), "polling")
+            conn._queue.append(self._handshake(conn))
+            self.handler.opened(conn)
+            conn._schedule_ping()
+            return await self._get(conn, cors)
+        conn = self.sessions.get(sid)
+        if conn is None:
+            return self._error(1, cors)
+        if conn.closed:
+            self._drop(conn)
+            if request.method != "GET" or not conn._queue:
+                return self._error(1, cors)
+            packets, conn._queue = conn._queue, []
+            return web.Response(
+                text=codec.encode_payload(packets),
+                headers={"Content-Type": "text/plain; charset=UTF-8", **cors},
+            )
+        if conn.transport != "polling" or (conn._tx is not None and not conn.upgrading):
+            return self._error(3, cors)
+        if request.method == "GET":
+            return await self._get(conn, cors)
+        if request.method == "POST":
+            return await self._post(conn, request, cors)
+        return self._error(2, cors)
+
+    async def _get(self, conn: Connection, cors: dict[str, str]) -> web.Response:
+        headers = {"Content-Type": "text/plain; charset=UTF-8", **cors}
+        if conn._poll is not None:
+            # Two long-polls at once: the protocol says the session is over. The first gets
+            # the CLOSE packet, this one an error.
+            conn.close(TRANSPORT_ERROR)
+            return self._error(3, cors)
+        if not conn._queue:
+            poll = conn._poll = self.loop.create_future()
+            try:
+                await poll
+            finally:
+                conn._poll = None
+        if not conn._queue:
+            return self._error(1, cors) if conn.closed else web.Response(text="6", headers=headers)
+        packets, conn._queue = conn._queue, []
+        conn._queued_bytes = 0
+        return web.Response(text=codec.encode_payload(packets), headers=headers)
+
+    async def _post(
+        self, conn: Connection, request: web.Request, cors: dict[str, str]
+    ) -> web.Response:
+        headers = {"Content-Type": "text/html", **cors}
+        if conn._posting:
+            conn.close(TRANSPORT_ERROR)
+            return self._error(3, cors)
+        limit = self.options.max_payload
+        if request.content_length is not None and request.content_length > limit:
+            conn.close(TRANSPORT_ERROR, graceful=False)
+            return web.json_response(
+                {"code": 3, "message": "Payload too large"}, status=413, headers=cors
+            )
+        conn._posting = True
+        try:
+            body = await request.content.read(limit + 1)
+            if len(body) > limit:
+                conn.close(TRANSPORT_ERROR, graceful=False)
+                return web.json_response(
+                    {"code": 3, "message": "Payload too large"}, status=413, headers=cors
+                )
+            try:
+                packets = codec.decode_payload(body.decode())
+            except (BadPacket, UnicodeDecodeError):
+                conn.close(PARSE_ERROR, graceful=False)
+                return self._error(3, cors)
+            if len(packets) > self.options.max_poll_packets:
+                conn.close(PARSE_ERROR, graceful=False)
+                return self._error(3, cors)
+            for packet in packets:
+                if conn.closed:
+                    break
+                await self._receive(conn, packet)
+        finally:
+            conn._posting = False
+        if conn.closed and conn.close_reason in (PARSE_ERROR, TRANSPORT_ERROR):
+            return self._error(3, cors)
+        return web.Response(text="ok", headers=headers)
+
+    async def _receive(self, conn: Connection, packet: str | bytes) -> None:
+        """One packet from the client (over either transport)."""
+        if isinstance(packet, bytes):
+            await self.handler.message(conn, packet)
+            return
+        kind = packet[:1]
+        if kind == codec.MESSAGE:
+            await self.handler.message(conn, packet[1:])
+        elif kind == codec.PONG:
+            conn._pong()
+        elif kind == codec.CLOSE:
+            conn.close(TRANSPORT_CLOSE, graceful=False)
+        elif kind == codec.NOOP:
+            pass
+        else:
+            # OPEN, a PING (a v4 client never sends one), an UPGRADE outside an upgrade, or
+            # anything else: not a packet this side of the protocol accepts.
+            conn.close(PARSE_ERROR, graceful=False)
+
+    # -- WebSocket ----------------------------------------------------------------------------
+
+    async def _websocket(
+        self, request: web.Request, upgrading: Connection | None
+    ) -> web.StreamResponse:
+        if upgrading is not None:
+            if (
+                upgrading.closed
+                or upgrading.transport != "polling"
+                or upgrading.upgrading
+                or upgrading._tx is not None
+            ):
+                # A second WebSocket for a session that is already upgrading or upgraded.
+                ws = web.WebSocketResponse(compress=False, max_msg_size=1024)
+                await ws.prepare(request)
+                await ws.close()
+                return ws
+            upgrading.upgrading = True  # claimed before the first await: one upgrade at a time
+        ws = web.WebSocketResponse(
+            compress=False, max_msg_size=self.options.max_payload, autoping=True
+        )
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            if upgrading is not None:
+                upgrading.upgrading = False
+            raise
+        tx = request.transport
+        if tx is None or (upgrading is not None and upgrading.closed):
+            if upgrading is not None:
+                upgrading.upgrading = False
+            return ws
+        sock = tx.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
+        if upgrading is None:
+            conn = self._open(self.address_of(request), "websocket")
+            conn._tx = tx
+            conn._ws = ws
+            conn.send_text(self._handshake(conn))
+            self.handler.opened(conn)
+            conn._schedule_ping()
+        else:
+            conn = upgrading
+            if not await self._upgrade(conn, ws, tx):
+                if not tx.is_closing():
+                    tx.write(codec.WS_CLOSE_FRAME)
+                    tx.close()
+                return ws
+        await self._read(conn, ws)
+        return ws
+
+    async def _upgrade(
+        self, conn: Connection, ws: web.WebSocketResponse, tx: asyncio.Transport
+    ) -> bool:
+        """The probe, then the UPGRADE packet, within ``upgrade_timeout``."""
+        conn._tx = tx
+        conn._ws = ws
+        conn.upgrading = True
+        deadline = time.monotonic() + self.options.upgrade_timeout
+        probed = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    msg = await ws.receive()
+                if msg.type is not WSMsgType.TEXT or conn.closed:
+                    raise ConnectionError
+                data = msg.data
+                if not probed and data == "2probe":
+                    probed = True
+                    tx.write(ws_frame(b"3probe"))
+                    # ends a long-poll in progress (or answers the next one) with a NOOP
+                    conn._enqueue(codec.NOOP)
+                elif probed and data == codec.UPGRADE:
+                    break
+                elif probed and data == codec.PONG:
+                    conn._pong()
+                else:
+                    raise ConnectionError
+        except (TimeoutError, ConnectionError, asyncio.CancelledError):
+            if conn._tx is tx:
+                conn._tx = None
+                conn._ws = None
+                conn.upgrading = False
+            return False
+        conn.transport = "websocket"
+        conn.upgrading = False
+        queued, conn._queue = conn._queue, []
+        conn._queued_bytes = 0
+        poll = conn._poll
+        if poll is not None and not poll.done():
+            poll.set_result(None)  # a long-poll still open is answered with nothing (NOOP)
+        for packet in queued:
+            if packet == codec.NOOP:
+                continue
+            if isinstance(packet, bytes):
+                conn.send_binary(packet)
+            else:
+                conn.send_text(packet)
+        return True
+
+    async def _read(self, conn: Connection, ws: web.WebSocketResponse) -> None:
+        receive = ws.receive
+        engine_receive = self._receive
+        message = self.handler.message
+        try:
+            while not conn.closed:
+                msg = await receive()
+                kind = msg.type
+                if kind is WSMsgType.TEXT:
+                    data = msg.data
+                    if data[:1] == codec.MESSAGE:
+                        await message(conn, data[1:])
+                    elif data:
+                        await engine_receive(conn, data)
+                    else:
+                        conn.close(PARSE_ERROR, graceful=False)
+                elif kind is WSMsgType.BINARY:
+                    await message(conn, msg.data)
+                elif kind is WSMsgType.ERROR:
+                    conn.close(TRANSPORT_ERROR, graceful=False)
+                else:  # CLOSE, CLOSING, CLOSED
+                    conn.close(TRANSPORT_CLOSE, graceful=False)
+        except asyncio.CancelledError:
+            conn.close(TRANSPORT_CLOSE, graceful=False)
+            raise
+        except Exception:
+            log.exception("Reading a WebSocket failed")
+            conn.close(TRANSPORT_ERROR, graceful=False)
+        finally:
+            conn._ws = None
