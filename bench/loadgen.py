@@ -64,6 +64,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 EIO_PING_FRAME = b"\x81\x012"  # unmasked text frame carrying the Engine.IO ping "2"
 WS_PING_OPCODE_BYTE = 0x89
 ROOM_JOINED_PREFIX = b'42["room:joined"'
+# Drainers count, without decoding anything, the position frames they receive: by the bytes that
+# start the Socket.IO event (one scan of what they read, ~2 % of the generator's core per 100 MB/s).
+BATCH_PREFIX = b'42["players:moved"'
+PLAIN_PREFIX = b'42["player:moved"'
+TAIL = len(BATCH_PREFIX) - 1  # bytes kept between reads, for patterns split across two reads
+GEN_SATURATED_PCT = 85.0  # the generator's own CPU (% of one core) above which a step is invalid
 ZERO_MASK = b"\x00\x00\x00\x00"
 SWEEP_SLICE = 40  # drained sockets read per event-loop turn
 
@@ -249,6 +255,8 @@ class Client(asyncio.Protocol):
         self.buf = b""
         self.tail = b""
         self.bytes_in = 0
+        self.frames_in = 0  # drainers: position frames received (counted by prefix)
+        self.frame_prefix = BATCH_PREFIX if run.batched else PLAIN_PREFIX
         self.pings = 0
         self.t_connect = 0.0
         self.last_seq = [-1] * n_players if observer else []
@@ -431,9 +439,18 @@ class Client(asyncio.Protocol):
         if size is None:
             size = len(data)
         self.bytes_in += size
+        tail = self.tail
+        # Position frames, counted without parsing: a frame's first payload bytes are its event
+        # name. A prefix split between the previous read and this one is found in the joined
+        # edges (the tail is shorter than the prefix, so nothing is counted twice).
+        prefix = self.frame_prefix
+        self.frames_in += data.count(prefix, 0, size)
+        if tail:
+            k = len(prefix) - 1
+            self.frames_in += (tail[-k:] + bytes(data[: min(k, size)])).count(prefix)
         # Look for the byte 0x01 (a memchr, unlike a search for the 3-byte pattern, whose first
         # byte starts every frame); it only occurs as a length byte, so hits are rare.
-        ping = bool(self.tail) and EIO_PING_FRAME in self.tail + bytes(data[:2])
+        ping = bool(tail) and EIO_PING_FRAME in tail[-2:] + bytes(data[:2])
         at = data.find(b"\x01", 1, size - 1)
         while at >= 0 and not ping:
             ping = data[at - 1] == 0x81 and data[at + 1] == 0x32
@@ -448,7 +465,7 @@ class Client(asyncio.Protocol):
             if at + 1 < size and data[at + 1] < 126:
                 payload = bytes(data[at + 2 : min(size, at + 2 + data[at + 1])])
             self._write(ws_frame(payload, opcode=10))
-        self.tail = bytes(data[max(0, size - 2) : size])
+        self.tail = (tail + bytes(data[max(0, size - TAIL) : size]))[-TAIL:]
 
     def sweep(self, buf: bytearray) -> None:
         """Read whatever is waiting on this (paused) socket."""
@@ -815,6 +832,9 @@ async def move(args: argparse.Namespace) -> dict[str, Any]:
     lag.start()
     probe.start()
     redis_cpu.start()
+    observer_set = set(observers)
+    drainers = [c for c in clients if c.index not in observer_set]
+    drain0 = [c.frames_in for c in drainers]
     cpu0 = own_cpu_seconds()
     t0 = time.perf_counter() + 0.01
     slot = 1.0 / (rate * n)
@@ -837,6 +857,9 @@ async def move(args: argparse.Namespace) -> dict[str, Any]:
     redis_cpu_pct = redis_cpu.stop()
     gen_cpu = own_cpu_seconds() - cpu0
     moving_wall = t_sent - (t0 - 0.01)
+    # Every drainer's reads are at most one sweep (10 ms) behind: let the last sweep finish.
+    await asyncio.sleep(2 * run.sweep_interval)
+    drain1 = [c.frames_in for c in drainers]
 
     # Convergence: 2 s after the last send, every observer must hold every other player's final
     # position. Deliveries are recorded until then.
@@ -908,6 +931,14 @@ async def move(args: argparse.Namespace) -> dict[str, Any]:
             "errors": run.errors,
         }
     )
+    result.update(drain_figures(drain0, drain1, n, moving_wall, args.batched))
+    gen_pct = result["gen_cpu_pct"]
+    result["gen_saturated"] = gen_pct >= GEN_SATURATED_PCT
+    if result["gen_saturated"]:
+        log(
+            f"WARNING: the generator used {gen_pct} % of its core (>= {GEN_SATURATED_PCT:g} %): "
+            "this step measures the generator, not the server"
+        )
     if "per_pid" in server_move:
         result["server_pids"] = server_move["per_pid"]
     if args.redis_pid:
@@ -916,6 +947,28 @@ async def move(args: argparse.Namespace) -> dict[str, Any]:
         result.update(node_split(run, clients, observers, n, final, active))
     await close_all(run, clients)
     return result
+
+
+def drain_figures(
+    before: list[int], after: list[int], n: int, wall: float, batched: bool
+) -> dict[str, Any]:
+    """What every non-observer received while the players moved, counted without decoding.
+
+    Position frames per second: ``players:moved`` batches (batched clients), or ``player:moved``
+    events (plain clients). The rate that is compared with the observers' pair rates is frames
+    per second for batched clients (each batch carries every player that moved since the last
+    one), and frames per other player per second for plain clients."""
+    if not before or wall <= 0:
+        return {"drainers": 0}
+    frames = sorted((a - b) / wall for b, a in zip(before, after, strict=True))
+    per_pair = frames if batched else [f / max(1, n - 1) for f in frames]
+    return {
+        "drainers": len(frames),
+        "drain_frames_per_s_min": round(frames[0], 2),
+        "drain_frames_per_s_median": round(percentile(frames, 50), 2),  # type: ignore[arg-type]
+        "drain_pair_rate_min": round(per_pair[0], 2),
+        "drain_pair_rate_median": round(percentile(per_pair, 50), 2),  # type: ignore[arg-type]
+    }
 
 
 def node_split(

@@ -57,7 +57,7 @@ GENERATOR_CORE = "1"
 
 P99_LIMIT_MS = 150.0
 MIN_PAIR_RATE = 15.0
-GEN_BOUND_PCT = 90.0
+GEN_BOUND_PCT = 85.0  # the generator's own CPU (% of its core) at which a step is invalid
 GEN_LAG_MS = 30.0
 NOISE_PCT = 10.0
 QUIET_WAIT_S = 30.0  # --quiet-wait
@@ -66,8 +66,10 @@ DEFAULT_STEPS = "10,15,20,25,30,35,40,50,60,70,80,100,120,140,160,200,250,300"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"  # --redis-url: database 10, for the benchmark
 TESTS_REDIS_DB = "9"  # the cluster tests' database (tests/support/cluster.py): never flushed here
 CLUSTERS = {"cluster2": 2}  # cluster server name -> spacesync nodes
-BATCHING_SERVERS = {"spacesync", *CLUSTERS}  # servers that --batched applies to
-REFERENCES = ("peer", "spacesync")  # servers the others are compared with, in this order
+BATCHING_SERVERS = {"spacesync", "careful", *CLUSTERS}  # servers that --batched applies to
+# servers the others are compared with, in this order: the naive peer, the careful peer, spacesync
+REFERENCES = ("peer", "careful", "spacesync")
+PEERS = ("peer", "careful")
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,9 +134,17 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def comparisons(names: list[str]) -> list[tuple[str, str]]:
-    """(server, reference) pairs to put side by side: each server against the peer and against
-    single-node spacesync, e.g. spacesync / peer, cluster2 / peer, cluster2 / spacesync."""
-    return [(b, a) for a in REFERENCES if a in names for b in names if b not in (a, "peer")]
+    """(server, reference) pairs to put side by side: each server against the naive peer, the
+    careful peer and single-node spacesync, e.g. careful / peer, spacesync / peer,
+    spacesync / careful, cluster2 / spacesync (never a pair and its reverse)."""
+    pairs: list[tuple[str, str]] = []
+    for a in REFERENCES:
+        if a not in names:
+            continue
+        for b in names:
+            if b not in (a, "peer") and (a, b) not in pairs:
+                pairs.append((b, a))
+    return pairs
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,9 +402,34 @@ class Server:
         return time.monotonic() - t_start
 
 
+def export_revision(rev: str, run_dir: Path) -> tuple[str, Path]:
+    """Extract ``src/`` of a git revision into the run directory, so that the server measured is
+    that commit's, whatever the working tree holds. Returns (full hash, the extracted src)."""
+    full = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dest = run_dir / f"spacesync-{full[:10]}"
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", full, "src"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return full, dest / "src"
+
+
 def make_servers(
-    names: list[str], python: str, run_dir: Path, redis_url: str = DEFAULT_REDIS_URL
+    names: list[str],
+    python: str,
+    run_dir: Path,
+    redis_url: str = DEFAULT_REDIS_URL,
+    spacesync_src: Path | None = None,
 ) -> list[Server]:
+    # spacesync from an extracted revision: its src/ goes ahead of the installed (editable) one.
+    src_env = {"PYTHONPATH": str(spacesync_src)} if spacesync_src is not None else {}
     servers = []
     for name in names:
         if name == "peer":
@@ -407,12 +442,27 @@ def make_servers(
                     log_path=run_dir / "peer.log",
                 )
             )
+        elif name == "careful":
+            servers.append(
+                Server(
+                    name="careful",
+                    argv=["node", "careful.js"],
+                    env={"NODE_ENV": "production"},
+                    cwd=PEER_DIR,
+                    log_path=run_dir / "careful.log",
+                )
+            )
         elif name == "spacesync":
             servers.append(
                 Server(
                     name="spacesync",
                     argv=[python, "-m", "spacesync"],
-                    env={"NODE_ENV": "development", "LOG_LEVEL": "warn", "HANDSHAKES_PER_IP": "0"},
+                    env={
+                        "NODE_ENV": "development",
+                        "LOG_LEVEL": "warn",
+                        "HANDSHAKES_PER_IP": "0",
+                        **src_env,
+                    },
                     cwd=REPO,
                     log_path=run_dir / "spacesync.log",
                 )
@@ -422,7 +472,12 @@ def make_servers(
                 Server(
                     name=name,
                     argv=[python, "-m", "spacesync"],
-                    env={"NODE_ENV": "development", "LOG_LEVEL": "warn", "HANDSHAKES_PER_IP": "0"},
+                    env={
+                        "NODE_ENV": "development",
+                        "LOG_LEVEL": "warn",
+                        "HANDSHAKES_PER_IP": "0",
+                        **src_env,
+                    },
                     cwd=REPO,
                     log_path=run_dir / f"{name}.log",
                     nodes=CLUSTERS[name],
@@ -430,7 +485,7 @@ def make_servers(
                 )
             )
         else:
-            known = ", ".join(["peer", "spacesync", *CLUSTERS])
+            known = ", ".join(["peer", "careful", "spacesync", *CLUSTERS])
             raise SystemExit(f"unknown server {name!r} (use {known})")
     return servers
 
@@ -552,6 +607,9 @@ def judge(result: dict[str, Any], rate: float) -> tuple[bool, str]:
     low = result.get("pair_rate_min")
     if low is None or low < need - 1e-6:
         reasons.append(f"slowest pair {fmt(low)}/s < {need:g}/s")
+    drained = result.get("drain_pair_rate_min")
+    if drained is not None and drained < need - 1e-6:
+        reasons.append(f"slowest non-observer {fmt(drained)}/s < {need:g}/s")
     if result.get("disconnects"):
         reasons.append(f"{result['disconnects']} disconnects")
     return (not reasons), "; ".join(reasons)
@@ -612,6 +670,11 @@ def run_capacity(args: argparse.Namespace, servers: list[Server]) -> dict[str, A
             result["pass"] = passed
             result["why"] = why
             result["gen_bound"] = (result.get("gen_cpu_pct") or 0) >= GEN_BOUND_PCT
+            if result["gen_bound"]:
+                log(
+                    f"  WARNING: the generator used {result.get('gen_cpu_pct')} % of its core "
+                    f"(>= {GEN_BOUND_PCT:g} %): this step measures the generator, not the server"
+                )
             result["gen_lagging"] = (result.get("gen_lag_p99_ms") or 0) >= GEN_LAG_MS
             server.results.append(result)
             log(
@@ -630,12 +693,20 @@ def run_capacity(args: argparse.Namespace, servers: list[Server]) -> dict[str, A
             break
 
     capacity = {}
+    bounds: dict[str, str] = {}
     for server in servers:
         passing = [r["n"] for r in server.results if r["pass"]]
         capacity[server.name] = max(passing) if passing else 0
+        above = [r for r in server.results if r["n"] > capacity[server.name] and not r["pass"]]
+        if not above:
+            bounds[server.name] = "passed the largest step"
+        elif above[0]["gen_bound"]:
+            bounds[server.name] = "the first failed step was generator-bound"
     return {
         "steps": steps,
         "capacity": capacity,
+        # servers whose capacity is only a lower bound, and why
+        "lower_bound": bounds,
         "results": {s.name: s.results for s in servers},
     }
 
@@ -681,22 +752,24 @@ def capacity_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         out.append(f"### {name}\n")
         cluster = name in CLUSTERS
         out.append(
-            "| N | p50 ms | p99 ms | slowest pair /s | median pair /s | convergence % "
-            "| updates/s | server CPU % | µs CPU/update | server RSS MB | gen CPU % "
+            "| N | p50 ms | p99 ms | slowest pair /s | median pair /s "
+            "| slowest pair /s, all clients | convergence % | updates/s | server CPU % "
+            "| µs CPU/update | server RSS MB | gen CPU % "
             "| gen lag p99 ms | noise % | stale | "
             + ("p99 ms same / cross node | node CPU % | redis CPU % | " if cluster else "")
             + "result |"
         )
-        out.append("|" + "---:|" * (17 if cluster else 14) + "---|")
+        out.append("|" + "---:|" * (18 if cluster else 15) + "---|")
         for r in results:
             verdict = "pass" if r["pass"] else f"fail ({r['why']})"
             if r.get("gen_bound"):
-                verdict += " — generator-bound"
+                verdict += " — INVALID: generator-bound"
             elif r.get("gen_lagging"):
                 verdict += " — generator lagging (latency overstated)"
             out.append(
                 f"| {r['n']} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} "
                 f"| {fmt(r.get('pair_rate_min'))} | {fmt(r.get('pair_rate_median'))} "
+                f"| {fmt(r.get('drain_pair_rate_min'))} "
                 f"| {fmt(r.get('convergence_pct'), 2)} | {fmt(r.get('updates_per_s'))} "
                 f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('server_us_per_update'), 2)} "
                 f"| {fmt(r.get('server_rss_mb'))} | {fmt(r.get('gen_cpu_pct'))} "
@@ -871,6 +944,140 @@ def storm_report(args: argparse.Namespace, data: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Baseline: the headline rows, spacesync against both peers, in one run
+# --------------------------------------------------------------------------------------------
+
+
+def run_baseline(args: argparse.Namespace, servers: list[Server]) -> dict[str, Any]:
+    """Every round: batched capacity (the servers that batch), plain capacity (all servers),
+    idle KB per connection (all servers). Rounds are repeated so that every figure is measured
+    at least twice; ratios are only ever taken within one round."""
+    rounds: list[dict[str, Any]] = []
+    batching = [s for s in servers if s.name in BATCHING_SERVERS]
+    for k in range(args.rounds):
+        log(f"baseline round {k + 1} of {args.rounds}")
+        one: dict[str, Any] = {}
+        for server in servers:
+            if not server.alive():
+                server.start()
+        b_args = argparse.Namespace(**{**vars(args), "batched": True, "rate": args.baseline_rate})
+        b_args.steps = ",".join(sorted({*args.batched_steps.split(","), str(args.cpu_n)}, key=int))
+        one["batched"] = run_capacity(b_args, batching)
+        p_args = argparse.Namespace(**{**vars(args), "batched": False, "rate": args.baseline_rate})
+        p_args.steps = args.plain_steps
+        one["plain"] = run_capacity(p_args, servers)
+        i_args = argparse.Namespace(**{**vars(args), "idle_counts": str(args.baseline_idle)})
+        one["idle"] = run_idle(i_args, servers)
+        one["reports"] = [
+            capacity_report(b_args, one["batched"]),
+            capacity_report(p_args, one["plain"]),
+            idle_report(i_args, one["idle"]),
+        ]
+        rounds.append(one)
+    return {"rounds": rounds, "summary": baseline_summary(args, rounds, [s.name for s in servers])}
+
+
+def _step(data: dict[str, Any], name: str, n: int) -> dict[str, Any]:
+    return next((r for r in data["results"].get(name, []) if r["n"] == n), {})
+
+
+def _capacity_cell(data: dict[str, Any], name: str) -> str | None:
+    if name not in data["capacity"]:
+        return None
+    cap = data["capacity"][name]
+    bound = data.get("lower_bound", {}).get(name)
+    return f"≥ {cap}" if bound else str(cap)
+
+
+def baseline_summary(
+    args: argparse.Namespace, rounds: list[dict[str, Any]], names: list[str]
+) -> list[dict[str, Any]]:
+    """One entry per headline row and round: each server's figure and spacesync's ratio to
+    each peer (same round)."""
+    rows: list[dict[str, Any]] = []
+    for k, one in enumerate(rounds, start=1):
+        b, p, idle = one["batched"], one["plain"], one["idle"]
+        cpu = {name: _step(b, name, args.cpu_n) for name in names if name in b["results"]}
+        rows.append(
+            {
+                "row": f"server CPU % at N={args.cpu_n}, every client batched, "
+                f"{args.baseline_rate:g} moves/s",
+                "round": k,
+                "values": {name: r.get("server_cpu_pct") for name, r in cpu.items()},
+                "gen_cpu": {name: r.get("gen_cpu_pct") for name, r in cpu.items()},
+                "valid": {name: r.get("pass") for name, r in cpu.items()},
+                "lower_is_better": True,
+            }
+        )
+        for label, data in (("every client batched", b), ("plain protocol", p)):
+            rows.append(
+                {
+                    "row": f"capacity (players), {label}, {args.baseline_rate:g} moves/s",
+                    "round": k,
+                    "values": {name: data["capacity"][name] for name in data["capacity"]},
+                    "display": {name: _capacity_cell(data, name) for name in data["capacity"]},
+                    "gen_cpu": {
+                        name: max((r.get("gen_cpu_pct") or 0 for r in rs), default=None)
+                        for name, rs in data["results"].items()
+                    },
+                    "lower_is_better": False,
+                }
+            )
+        count = args.baseline_idle
+        rows.append(
+            {
+                "row": f"idle KB per joined WebSocket connection at {count:,}",
+                "round": k,
+                "values": {
+                    name: next((r.get("kb_per_conn") for r in rs if r["n"] == count), None)
+                    for name, rs in idle["results"].items()
+                },
+                "lower_is_better": True,
+            }
+        )
+    return rows
+
+
+def baseline_report(args: argparse.Namespace, data: dict[str, Any], names: list[str]) -> str:
+    peers = [n for n in ("careful", "peer") if n in names]
+    others = [n for n in names if n not in ("spacesync", *peers)]
+    cols = ["spacesync", *peers, *others]
+    label = {"peer": "naive peer", "careful": "careful peer"}
+    out = [
+        f"## Baseline — spacesync, the careful peer and the naive peer, {args.rounds} round(s)\n",
+        "| row | round | "
+        + " | ".join(label.get(c, c) for c in cols)
+        + " | "
+        + " | ".join(f"ratio spacesync / {label.get(p, p)}" for p in peers)
+        + " | gen CPU % (max) |",
+        "|---|---:|" + "---:|" * (len(cols) + len(peers)) + "---|",
+    ]
+    for row in data["summary"]:
+        values = row["values"]
+        shown = row.get("display", {})
+        cells = [shown.get(c) or fmt(values.get(c)) if c in values else "n/a" for c in cols]
+        ratios = [ratio(values.get("spacesync"), values.get(p)) for p in peers]
+        gen = row.get("gen_cpu") or {}
+        gen_cell = ", ".join(f"{label.get(c, c)} {fmt(gen[c])}" for c in cols if c in gen) or "–"
+        out.append(
+            f"| {row['row']} | {row['round']} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(ratios)
+            + f" | {gen_cell} |"
+        )
+    out.append(
+        "\nCapacity: the largest N with p99 ≤ "
+        f"{P99_LIMIT_MS:g} ms, 100 % convergence and every pair (observers, and every other "
+        f"client counted without decoding) receiving ≥ min(rate, {MIN_PAIR_RATE:g}) updates/s. "
+        "“≥” marks a lower bound (the largest step passed, or the next failed step was "
+        "generator-bound). CPU ratio < 1 and capacity ratio > 1 favour spacesync. The naive "
+        "peer does not batch; it has no batched row."
+    )
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
 # Machine
 # --------------------------------------------------------------------------------------------
 
@@ -941,11 +1148,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="spacesync vs the Node.js Socket.IO peer, side by side",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--mode", choices=["capacity", "idle", "storm", "all"], default="capacity")
+    p.add_argument(
+        "--mode", choices=["capacity", "idle", "storm", "all", "baseline"], default="capacity"
+    )
     p.add_argument(
         "--servers",
-        default="peer,spacesync",
-        help="comma-separated, in order: peer, spacesync, cluster2 (two spacesync nodes + Redis)",
+        default=None,
+        help="comma-separated, in order: peer (naive), careful (careful peer), spacesync, "
+        "cluster2 (two spacesync nodes + Redis); default peer,spacesync "
+        "(baseline mode: peer,careful,spacesync)",
     )
     p.add_argument(
         "--redis-url",
@@ -979,10 +1190,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storm-n", type=int, default=1000, help="clients in the join storm")
     p.add_argument("--storm-concurrency", type=int, default=100, help="handshakes in flight")
     p.add_argument("--repeat", type=int, default=3, help="join-storm rounds per server")
+    p.add_argument("--rounds", type=int, default=2, help="baseline mode: rounds of every row")
+    p.add_argument(
+        "--batched-steps",
+        default="100,200,300,400,500,600,700",
+        help="baseline mode: N steps of the batched capacity",
+    )
+    p.add_argument(
+        "--plain-steps",
+        default="40,50,60,80,100,120,150,200,300,400,500,600",
+        help="baseline mode: N steps of the plain-protocol capacity",
+    )
+    p.add_argument(
+        "--cpu-n", type=int, default=300, help="baseline mode: N of the batched server-CPU row"
+    )
+    p.add_argument(
+        "--baseline-rate", type=float, default=60.0, help="baseline mode: moves/s per player"
+    )
+    p.add_argument(
+        "--baseline-idle", type=int, default=5000, help="baseline mode: idle connection count"
+    )
     p.add_argument("--quick", action="store_true", help="short smoke run (not a measurement)")
     p.add_argument("--python", default=default_python(), help="interpreter for spacesync + gen")
+    p.add_argument(
+        "--spacesync-rev",
+        default=None,
+        help="measure spacesync as of this git revision (its src/ is extracted into the run "
+        "directory and put first on PYTHONPATH) instead of the working tree",
+    )
     p.add_argument("--out", default=None, help="JSON results file (default: bench/results/)")
     args = p.parse_args(argv)
+    if args.servers is None:
+        args.servers = "peer,careful,spacesync" if args.mode == "baseline" else "peer,spacesync"
     if args.quick:
         args.steps = "10,20"
         args.duration = 3.0
@@ -990,6 +1229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle_counts = "200"
         args.storm_n = 200
         args.repeat = 1
+        args.rounds = 1
+        args.batched_steps = "10,20"
+        args.plain_steps = "10,20"
+        args.cpu_n = 20
+        args.baseline_idle = 200
     return args
 
 
@@ -1015,15 +1259,29 @@ def main(argv: list[str] | None = None) -> int:
     if limit < 12000 and args.mode in ("idle", "all"):
         log(f"open-file limit is {limit}; the 5k idle figure needs about 10k descriptors")
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if "peer" in names:
+    if any(name in PEERS for name in names):
         ensure_peer_installed()
     clusters = [name for name in names if name in CLUSTERS]
     if clusters:
         check_redis(args.redis_url)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = RESULTS / stamp
-    servers = make_servers(names, args.python, run_dir, args.redis_url)
+    spacesync_src = None
+    if args.spacesync_rev:
+        full, spacesync_src = export_revision(args.spacesync_rev, run_dir)
+        log(f"spacesync from commit {full[:10]} ({spacesync_src})")
+    servers = make_servers(names, args.python, run_dir, args.redis_url, spacesync_src)
     info = machine(args, clusters)
+    if args.spacesync_rev:
+        info["commit"] = f"{full[:10]} (--spacesync-rev {args.spacesync_rev})"
+    info["uvloop"] = command_output(
+        [
+            args.python,
+            "-c",
+            "import importlib.util as u; "
+            "print('on' if u.find_spec('uvloop') else 'off (not installed)')",
+        ]
+    )
     report: list[str] = []
     data: dict[str, Any] = {"machine": info, "args": vars(args)}
     try:
@@ -1040,6 +1298,12 @@ def main(argv: list[str] | None = None) -> int:
             elif mode == "idle":
                 data["idle"] = run_idle(args, servers)
                 report.append(idle_report(args, data["idle"]))
+            elif mode == "baseline":
+                data["baseline"] = run_baseline(args, servers)
+                report.append(baseline_report(args, data["baseline"], names))
+                for k, one in enumerate(data["baseline"]["rounds"], start=1):
+                    report.append(f"## Round {k}\n")
+                    report += [r.replace("\n## ", "\n### ") for r in one.pop("reports")]
     finally:
         for server in servers:
             if server.alive() and not _interrupted:
