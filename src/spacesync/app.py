@@ -35,6 +35,7 @@ from .observability.document import metrics_document
 from .observability.logging import install_alert_handler, log
 from .observability.metrics import LoopLag, ProcessFigures
 from .observability.prom import JSON, NodeMetrics, wanted_format
+from .playground import install as install_playground
 from .rooms import RoomManager
 from .state.base import StateStore
 from .state.memory import MemoryStore
@@ -243,6 +244,7 @@ class SpacesyncNode:
         r.add_get("/presence/{spaceId}", self.presence)
         r.add_get("/metrics", self.metrics)
         r.add_get("/spaces/{spaceId}/messages", self.history)
+        install_playground(r, self.sio.eio, self.settings)
         r.add_route("*", "/{tail:.*}", self._fallback)
 
     async def _socketio_entry(self, request: web.Request) -> web.StreamResponse:
