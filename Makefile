@@ -4,8 +4,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
+MIN_VENV ?= .venv-min
+# The unit tests' own tools (latest versions): the minimums checked are the server's dependencies.
+MIN_TEST_TOOLS = pytest pytest-asyncio pytest-timeout hypothesis
 
-.PHONY: run test setup lint bench clean
+.PHONY: run test test-min setup lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +33,21 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# The unit tests on the lowest versions pyproject.toml allows, installed exactly (a fresh
+# virtualenv each time). The shared conftest is skipped: it loads the integration harness,
+# which needs a newer aiohttp than the server does; the unit tests use none of it.
+test-min:
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	echo '*' > $(MIN_VENV)/.gitignore
+	$(PYTHON) ci/min_requirements.py -o $(MIN_VENV)/min-pins.txt
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install --quiet -c $(MIN_VENV)/min-pins.txt -e '.[fast]' $(MIN_TEST_TOOLS)
+	$(MIN_VENV)/bin/python -m pip check
+	$(MIN_VENV)/bin/python -m pytest -q --noconftest tests/unit
+
 bench: $(VENV)/.installed
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) tests/js/node_modules .pytest_cache
