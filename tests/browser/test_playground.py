@@ -21,6 +21,10 @@ from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect
 from support.ids import space_id
 from support.server import ServerProcess
 
+# The first test of a fresh machine installs Chromium (apt-get) while it sets up; once it is
+# there, each test takes about ten seconds.
+pytestmark = pytest.mark.timeout(300)
+
 WAIT_MS = 10_000
 HOSTILE = "<img src=x onerror=alert(1)>"
 """Only a tag: the server refuses it as a nickname (no visible text left)."""
