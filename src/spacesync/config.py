@@ -52,6 +52,8 @@ class Settings:
     """Seconds a connected socket may stay without joining a space."""
     exit_grace: float = 10.0
     """Seconds an EXIT is held, so that a rejoin of the same session cancels it."""
+    recovery_window: float = 120.0
+    """Seconds a client that lost its connection may take to resume it (0 = no recovery)."""
     verify_failure_ttl: float = 30.0
     """Seconds a refused session token is remembered (refused again without asking the app)."""
     verify_failures_per_ip: int = 20
@@ -201,6 +203,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         connect_timeout=_seconds(env, "CONNECT_TIMEOUT", 10.0, minimum=0.1),
         join_timeout=_seconds(env, "JOIN_TIMEOUT", 60.0, minimum=0.1),
         exit_grace=_seconds(env, "EXIT_GRACE_SECONDS", 10.0, minimum=0.0),
+        recovery_window=_seconds(env, "RECOVERY_WINDOW", 120.0, minimum=0.0),
         verify_failure_ttl=_seconds(env, "VERIFY_FAILURE_CACHE_SECONDS", 30.0, minimum=0.0),
         verify_failures_per_ip=_positive_int(env, "VERIFY_FAILURES_PER_IP", 20, minimum=0),
         internal_api_token=env.get("INTERNAL_API_TOKEN", "").strip() or None,

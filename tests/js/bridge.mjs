@@ -31,10 +31,15 @@
 //   close         {}                   disconnect everything and exit
 //
 // Events written without being asked:
-//   {type: "connect", id, sid, transport}
+//   {type: "connect", id, sid, transport, recovered}
+//                                              recovered: the server resumed the session
+//                                              (connection state recovery)
 //   {type: "connect_error", id, message, data, description}
 //   {type: "disconnect", id, reason, description}
-//   {type: "event", id, event, args, ackId?}   every event received (socket.onAny)
+//   {type: "event", id, event, args, ackId?, offset?}
+//                                              every event received (socket.onAny); with
+//                                              connection state recovery on, the offset the
+//                                              server appended is reported apart from args
 //   {type: "upgrade", id, transport}           the transport was upgraded
 //   {type: "reconnect_attempt", id, attempt} / {type: "reconnect", id, attempt}
 //   {type: "fatal", message}                   a bug in this bridge
@@ -164,7 +169,13 @@ function connect({ id, url, opts }) {
   watchEngine(id, socket);
   socket.io.on("open", () => watchEngine(id, socket));
   socket.on("connect", () => {
-    write({ type: "connect", id, sid: socket.id, transport: transportName(socket) });
+    write({
+      type: "connect",
+      id,
+      sid: socket.id,
+      transport: transportName(socket),
+      recovered: Boolean(socket.recovered),
+    });
   });
   socket.on("connect_error", (err) => {
     write({
@@ -191,6 +202,12 @@ function connect({ id, url, opts }) {
       const ackId = nextAckId++;
       serverAcks.set(ackId, last);
       message.ackId = ackId;
+      args = args.slice(0, -1);
+    }
+    // With connection state recovery the server appends an offset to every event; the client
+    // keeps the last one (its private `_pid` is set once the server offered recovery).
+    if (socket._pid && args.length > 1 && typeof args.at(-1) === "string") {
+      message.offset = args.at(-1);
       args = args.slice(0, -1);
     }
     message.args = encode(args);

@@ -43,6 +43,7 @@ CONTROLLED_VARIABLES = (
     "CONNECT_TIMEOUT",
     "JOIN_TIMEOUT",
     "EXIT_GRACE_SECONDS",
+    "RECOVERY_WINDOW",
     "VERIFY_FAILURE_CACHE_SECONDS",
     "VERIFY_FAILURES_PER_IP",
     "INTERNAL_API_TOKEN",
@@ -58,11 +59,13 @@ CONTROLLED_VARIABLES = (
 
 # Every test client comes from 127.0.0.1, so per-address handshake and verification-failure
 # limits are off unless a test asks for them; EXITs are sent at once unless a test sets a grace
-# period.
+# period; a client that loses its connection is gone at once unless a test gives it time to
+# resume (connection state recovery).
 TEST_DEFAULTS = {
     "HANDSHAKES_PER_IP": "0",
     "VERIFY_FAILURES_PER_IP": "0",
     "EXIT_GRACE_SECONDS": "0",
+    "RECOVERY_WINDOW": "0",
 }
 
 # Each server gets its own EXIT outbox file unless a test gives one (to restart "the same" node).
