@@ -126,7 +126,13 @@ def make_stock_manager(args: argparse.Namespace, counting: bool) -> Any:
 def make_bus(args: argparse.Namespace, node: str) -> Any:
     import redis.asyncio as aioredis
 
-    from spacesync.cluster import ClusterBus
+    try:
+        from spacesync.cluster import RedisBus as ClusterBus
+        from spacesync.state.link import RedisLink
+    except ImportError:  # versions before the bus took a link and one handler
+        from spacesync.cluster import ClusterBus  # type: ignore[attr-defined,no-redef]
+
+        RedisLink = None  # type: ignore[assignment,misc]
 
     class CountingBus(ClusterBus):
         tx_bytes = 0
@@ -154,8 +160,22 @@ def make_bus(args: argparse.Namespace, node: str) -> Any:
         def deliver_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None:
             self.events += 1
 
-    bus = CountingBus(aioredis.Redis.from_url(args.redis_url), node)
-    bus.receiver = CountingReceiver()
+        def holds(self, space_id: str, player_id: str) -> bool:
+            return False
+
+        async def evict(self, space_id: str, player_id: str, sid: str) -> None:
+            return None
+
+        async def signal(self, space_id: str, body: dict[str, Any]) -> None:
+            return None
+
+    client = aioredis.Redis.from_url(args.redis_url)
+    if RedisLink is None:
+        bus = CountingBus(client, node)
+        bus.receiver = CountingReceiver()
+    else:
+        bus = CountingBus(client, node, RedisLink())
+        bus.register(CountingReceiver())
     return bus
 
 
@@ -454,7 +474,10 @@ def measure(
             child.wait_ready()
         if variant != "loop":
             # Both nodes must be subscribed before the first move.
-            from spacesync.cluster import space_channel
+            try:
+                from spacesync.state.keys import space_channel
+            except ImportError:  # older versions
+                from spacesync.cluster import space_channel  # type: ignore[attr-defined,no-redef]
 
             watched = space_channel(space) if variant == "bus" else channel
             deadline = time.monotonic() + 10

@@ -21,7 +21,8 @@ from redis.backoff import NoBackoff
 
 from . import __version__, protocol
 from .admission import ADDRESS_KEY, Admission
-from .cluster import ClusterBus, NodeMonitor
+from .bus import Bus, LocalBus
+from .cluster import DOUBT_AFTER_SECONDS, NodeMonitor, RedisBus
 from .config import Settings
 from .fanout import Broadcaster
 from .handlers.events import SpaceServer
@@ -38,6 +39,7 @@ from .observability.prom import JSON, NodeMetrics, wanted_format
 from .playground import install as install_playground
 from .rooms import RoomManager
 from .state.base import StateStore
+from .state.link import RedisLink
 from .state.memory import MemoryStore
 from .state.redis import RedisStore
 from .storage import SchemaError, Storage, StorageError, open_storage
@@ -123,6 +125,30 @@ def _iso(value: datetime) -> str:
     )
 
 
+class OtherNodes:
+    """What this node does with what the other nodes publish (the bus's one handler): events
+    and positions go to this node's sockets, orders to the handlers."""
+
+    def __init__(self, out: Broadcaster, server: SpaceServer) -> None:
+        self.out = out
+        self.server = server
+
+    def deliver_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None:
+        self.out.deliver_event(space_id, packet, players)
+
+    def deliver_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None:
+        self.out.deliver_moves(space_id, bodies, ids)
+
+    def holds(self, space_id: str, player_id: str) -> bool:
+        return self.out.holds(space_id, player_id)
+
+    async def evict(self, space_id: str, player_id: str, sid: str) -> None:
+        await self.server.evict_replaced_here(space_id, player_id, sid)
+
+    async def signal(self, space_id: str, body: dict[str, Any]) -> None:
+        await self.server.moderation.on_signal(space_id, body)
+
+
 class SpacesyncNode:
     """One running node. ``start()`` binds the port; ``shutdown()`` follows SPEC §12."""
 
@@ -132,8 +158,10 @@ class SpacesyncNode:
         self.loop_lag = LoopLag()
         self.node_id = f"{settings.hostname}:{settings.port}:{secrets.token_hex(4)}"
         self.redis: aioredis.Redis | None = None
-        self.bus: ClusterBus | None = None
-        self.monitor: NodeMonitor | None = None
+        redis_store: RedisStore | None = None
+        redis_bus: RedisBus | None = None
+        self.bus: Bus = LocalBus()
+        """To the other nodes: Redis pub/sub in a cluster; on a node alone, nobody."""
         if store is None and settings.redis_url is not None:
             # A bounded pool that makes callers wait for a free connection: a burst of joins
             # must queue for Redis, not fail (the default pool raises past its size).
@@ -146,13 +174,10 @@ class SpacesyncNode:
                 retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection may predate a restart
             )
             self.redis = aioredis.Redis(connection_pool=pool)
-            redis_store = RedisStore(self.redis, self.node_id)
-            self.bus = ClusterBus(self.redis, self.node_id)
-            redis_store.watcher = self.bus
-            self.bus.on_down = redis_store.mark_down
-            self.monitor = NodeMonitor(
-                self.redis, redis_store, self.bus, self.node_id, settings.hostname
-            )
+            link = RedisLink(doubt_after=DOUBT_AFTER_SECONDS)
+            redis_bus = RedisBus(self.redis, self.node_id, link)
+            redis_store = RedisStore(self.redis, self.node_id, link=link, watcher=redis_bus)
+            self.bus = redis_bus
             store = redis_store
         self.store: StateStore = store or MemoryStore()
         self.storage: Storage | None = None
@@ -174,12 +199,15 @@ class SpacesyncNode:
             settings.app_url, settings.app_api_secret, settings.verify_timeout
         )
         self.exits = ExitOutbox(
-            self.app_client, ExitJournal(settings.exit_outbox_path), grace=settings.exit_grace
+            self.app_client,
+            ExitJournal(settings.exit_outbox_path),
+            grace=settings.exit_grace,
+            arbiter=redis_store,  # in a cluster, a rejoin on any node continues the stay
         )
-        if isinstance(self.store, RedisStore):
-            self.exits.arbiter = self.store  # a rejoin on any node continues the stay
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
-        self.broadcaster = Broadcaster(self.sio, buffer_limit=settings.client_buffer_limit)
+        self.broadcaster = Broadcaster(
+            self.sio, self.bus, buffer_limit=settings.client_buffer_limit
+        )
         self.abuse = AbuseCounters()
         self.texts = Catalog(settings.locale)
         """What players read (notices, errors), in ``LOCALE``; handed to whatever answers them."""
@@ -210,12 +238,13 @@ class SpacesyncNode:
         self.sio.admission = self.admission
         self.sio.abuse = self.abuse
         self.sio.is_joined = self._joined  # type: ignore[method-assign]
-        if self.bus is not None and self.monitor is not None:
-            self.broadcaster.bus = self.bus
-            self.bus.receiver = self.broadcaster
-            self.bus.on_evict = self.server.evict_replaced_here
-            self.bus.on_signal = self.server.moderation.on_signal
-            self.monitor.member = self.server
+        self.bus.register(OtherNodes(self.broadcaster, self.server))
+        self.monitor: NodeMonitor | None = None
+        """Heartbeat, dead nodes and Redis outages (cluster mode only)."""
+        if self.redis is not None and redis_store is not None and redis_bus is not None:
+            self.monitor = NodeMonitor(
+                self.redis, redis_store, redis_bus, self.server, self.node_id, settings.hostname
+            )
         self.prom = NodeMetrics(self)
         """Every figure of ``GET /metrics``, in both of its forms."""
         self.prom.install()
@@ -361,7 +390,7 @@ class SpacesyncNode:
             ok = await asyncio.wait_for(self.store.ready(), timeout=2.0)
         except Exception:
             ok = False
-        if self.bus is not None and not self.bus.connected:
+        if not self.bus.connected:
             ok = False
         if not ok:
             return _json({"status": "not ready"}, status=503)
@@ -529,8 +558,8 @@ class SpacesyncNode:
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         gc.collect()
         gc.freeze()  # start-up objects live as long as the process: keep them out of collections
-        if self.bus is not None and self.monitor is not None:
-            self.bus.start()
+        self.bus.start()
+        if self.monitor is not None:
             await self.monitor.start()
         log.info(
             "E6001",
@@ -688,8 +717,7 @@ class SpacesyncNode:
 
     async def bus_settle(self) -> None:
         """Give what was published for the other nodes (players leaving) a moment to go out."""
-        if self.bus is not None:
-            await self.bus.drain(1.0)
+        await self.bus.drain(1.0)
 
     async def close(self) -> None:
         if self._housekeeping is not None:
@@ -697,8 +725,7 @@ class SpacesyncNode:
         self.loop_lag.stop()
         if self.monitor is not None:
             await self.monitor.close()
-        if self.bus is not None:
-            await self.bus.close()
+        await self.bus.close()
         await self.broadcaster.close()
         await self.alerter.close()
         if self._runner is not None:

@@ -1,6 +1,7 @@
 """Cluster mode (SPEC §9): fan-out between nodes and node liveness, over Redis.
 
-:class:`ClusterBus` carries what one node sends to the players of the others. Unlike
+:class:`RedisBus` (the cluster's :class:`~spacesync.bus.Bus`) carries what one node sends to
+the players and the handlers of the others. Unlike
 python-socketio's ``AsyncRedisManager`` (every emit pickled and published on one channel that
 every node reads), each space has a channel of its own, followed only by the nodes that serve
 players of that space, and what travels is the Socket.IO packet already encoded for the
@@ -17,23 +18,18 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
 
+from .bus import AlreadyRegistered, BusHandler
 from .observability.logging import log
+from .state import keys
 from .state.base import Departed, StoreUnavailable
-from .state.redis import (
-    PREFIX,
-    REDIS_ERRORS,
-    SEP,
-    RedisStore,
-    key,
-    node_index_key,
-    reaped_key,
-)
+from .state.keys import SEP, node_channel, space_channel
+from .state.link import RedisLink
+from .state.redis import REDIS_ERRORS, RedisStore
 
 HEARTBEAT_SECONDS = 2.0
 DEAD_AFTER_SECONDS = 10.0
@@ -59,40 +55,22 @@ return {now, added}
 """
 
 
-def space_channel(space_id: str) -> str:
-    return f"{PREFIX}ch:space:{space_id}"
+class RedisBus:
+    """Redis pub/sub between the nodes: one channel per space, one per node.
 
+    A failed Redis call marks ``link`` down (the store then serves this node's players alone);
+    while the link is in doubt, what is published is held for the next heartbeat."""
 
-def node_channel(node: str) -> str:
-    return f"{PREFIX}ch:node:{node}"
-
-
-class BusReceiver(Protocol):
-    """What a node does with messages from the others."""
-
-    def deliver_event(self, space_id: str, packet: bytes, players: list[str] | None) -> None: ...
-
-    def deliver_moves(self, space_id: str, bodies: list[bytes], ids: list[str]) -> None: ...
-
-    def holds(self, space_id: str, player_id: str) -> bool: ...
-
-
-class ClusterBus:
-    """Redis pub/sub between the nodes: one channel per space, one per node."""
-
-    def __init__(self, client: aioredis.Redis, node: str) -> None:
+    def __init__(self, client: aioredis.Redis, node: str, link: RedisLink) -> None:
         self.redis = client
         self.node = node
-        self.receiver: BusReceiver | None = None
-        self.on_evict: Callable[[str, str, str], Awaitable[None]] | None = None
-        self.on_signal: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
-        self.on_down: Callable[[BaseException], None] | None = None
+        self.link = link
+        self._handler: BusHandler | None = None
         self.published = 0
         self.received = 0
         self.dropped = 0
         self.connected = False
         self._origin = node.encode()
-        self.in_doubt: Callable[[], bool] | None = None
         self._doubtful: deque[tuple[str, bytes]] = deque()
         self._spaces: set[str] = set()
         self._pubsub: Any = None
@@ -100,6 +78,12 @@ class ClusterBus:
         self._wake = asyncio.Event()
         self._publishing = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def register(self, handler: BusHandler) -> None:
+        """The one handler of what the other nodes send (see :class:`~spacesync.bus.Bus`)."""
+        if self._handler is not None:
+            raise AlreadyRegistered("the bus already has a handler")
+        self._handler = handler
 
     # -- following spaces ----------------------------------------------------------------------
 
@@ -157,7 +141,7 @@ class ClusterBus:
         if not self.connected or len(self._outbox) >= MAX_PENDING_PUBLISHES:
             self.dropped += 1
             return
-        if self.in_doubt is not None and self.in_doubt():
+        if self.link.in_doubt():
             # Perhaps from players the others removed as dead: held for the next heartbeat.
             if len(self._doubtful) >= MAX_PENDING_PUBLISHES:
                 self.dropped += 1
@@ -227,8 +211,7 @@ class ClusterBus:
             except REDIS_ERRORS as exc:
                 self.connected = False
                 self._outbox.clear()
-                if self.on_down is not None:
-                    self.on_down(exc)
+                self.link.mark_down(exc)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             if message is None or message.get("type") != "message":
@@ -245,18 +228,20 @@ class ClusterBus:
             return
         self.received += 1
         kind = header.get("k")
-        receiver = self.receiver
-        if kind == "m" and receiver is not None:
-            receiver.deliver_moves(header["s"], body.split(b"\n"), header["i"])
-        elif kind == "e" and receiver is not None:
+        handler = self._handler
+        if handler is None:
+            return
+        if kind == "m":
+            handler.deliver_moves(header["s"], body.split(b"\n"), header["i"])
+        elif kind == "e":
             about = header.get("a")
-            if about is not None and receiver.holds(header["s"], about):
+            if about is not None and handler.holds(header["s"], about):
                 return
-            receiver.deliver_event(header["s"], body, header.get("p"))
-        elif kind == "x" and self.on_evict is not None:
-            await self.on_evict(header["s"], header["p"], header["sid"])
-        elif kind == "c" and self.on_signal is not None:
-            await self.on_signal(header["s"], orjson.loads(body))
+            handler.deliver_event(header["s"], body, header.get("p"))
+        elif kind == "x":
+            await handler.evict(header["s"], header["p"], header["sid"])
+        elif kind == "c":
+            await handler.signal(header["s"], orjson.loads(body))
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -300,54 +285,44 @@ class NodeMonitor:
         self,
         client: aioredis.Redis,
         store: RedisStore,
-        bus: ClusterBus,
+        bus: RedisBus,
+        member: ClusterMember,
         node: str,
         name: str,
     ) -> None:
         self.redis = client
         self.store = store
+        self.link = store.link
         self.bus = bus
+        self.member = member
         self.node = node
         self.name = name
-        self.member: ClusterMember | None = None
         self.nodes_lost = 0
-        self.outages = 0
         self._beat = client.register_script(_HEARTBEAT)
-        self._connected_since: float | None = None
         self._task: asyncio.Task[None] | None = None
-        self._down_logged = False
         self._orphans: set[tuple[str, str, str]] = set()
         self._reconciled_at = time.monotonic()
-        store.on_down = self._on_down
-        store.doubt_after = DOUBT_AFTER_SECONDS
-        bus.in_doubt = store.in_doubt
 
-    def _on_down(self, exc: BaseException) -> None:
-        self._connected_since = None
-        if not self._down_logged:
-            self._down_logged = True
-            self.outages += 1
-            log.error(
-                "E6003",
-                "Redis is unreachable: serving this node's players alone until it is back",
-                error=f"{type(exc).__name__}: {exc}",
-            )
+    @property
+    def outages(self) -> int:
+        """Times Redis became unreachable (see :class:`~spacesync.state.link.RedisLink`)."""
+        return self.link.outages
 
     async def start(self) -> None:
         await self.beat()
-        if self.store.healthy:
+        if self.link.healthy:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._reap_predecessors()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS if self.store.healthy else RETRY_SECONDS)
+            await asyncio.sleep(HEARTBEAT_SECONDS if self.link.healthy else RETRY_SECONDS)
             try:
                 await self.beat()
-                if self.store.healthy:
+                if self.link.healthy:
                     await self._reap_dead()
-                if self.store.healthy and time.monotonic() - self._reconciled_at >= (
+                if self.link.healthy and time.monotonic() - self._reconciled_at >= (
                     RECONCILE_SECONDS
                 ):
                     self._reconciled_at = time.monotonic()
@@ -355,7 +330,7 @@ class NodeMonitor:
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:
-                self.store.mark_down(exc)
+                self.link.mark_down(exc)
             except Exception as exc:
                 log.error("E6003", "Cluster housekeeping failed", exc=exc)
 
@@ -365,17 +340,17 @@ class NodeMonitor:
         figures = orjson.dumps(
             {
                 "name": self.name,
-                "sockets": self.member.socket_count() if self.member else 0,
+                "sockets": self.member.socket_count(),
                 "players": len(self.store.local_players()),
             }
         )
         try:
             _, added = await self._beat(
-                keys=[key("nodes"), key("node-index"), key("node", self.node)],
+                keys=[keys.nodes(), keys.node_index(), keys.node_figures(self.node)],
                 args=[self.node, figures, int(DEAD_AFTER_SECONDS * 3000)],
             )
             reaped = False
-            if added or not self.store.healthy or self.store.pending_offline():
+            if added or not self.link.healthy or self.store.pending_offline():
                 reaped = await self._restore()
             else:
                 # Redis kept its data since the last beat: copies other nodes made stale (a
@@ -383,19 +358,15 @@ class NodeMonitor:
                 # Redis could make this node write them back.
                 await self.store.refresh_companions()
         except REDIS_ERRORS as exc:
-            self.store.mark_down(exc)
+            self.link.mark_down(exc)
             return
-        if not self.store.healthy:
-            self.store.healthy = True
-        self.store.confirmed_at = time.monotonic()
+        self.link.confirm()
         self.bus.settle_doubt(drop=reaped)
-        if self._connected_since is None:
-            self._connected_since = time.monotonic()
 
     async def _restore(self) -> bool:
         """Write this node's state back; True if the others had removed its players."""
         reaped = await self.store.reaped_here()
-        if reaped and self.member is not None:
+        if reaped:
             # The others declared this node dead (it was cut off): they removed these players,
             # told everyone and logged their EXITs. Their sockets are closed, and the official
             # client reconnects and joins again.
@@ -407,17 +378,15 @@ class NodeMonitor:
                 playersDropped=len(reaped),
             )
         restored = await self.store.restore(reaped)
-        if self.member is not None:
-            for space_id, player in restored.added:
-                await self.member.announce_restored(space_id, player)
-            for gone in restored.departed:
-                await self.member.depart_ghost(gone, "disconnect:unknown", log_exit=False)
-            for event in restored.exits:
-                self.member.submit_exit(event)
-            for space_id, player_id, party_id in restored.lost_parties:
-                await self.member.party_lost(space_id, player_id, party_id)
-        if self._down_logged:
-            self._down_logged = False
+        for space_id, player in restored.added:
+            await self.member.announce_restored(space_id, player)
+        for gone in restored.departed:
+            await self.member.depart_ghost(gone, "disconnect:unknown", log_exit=False)
+        for event in restored.exits:
+            self.member.submit_exit(event)
+        for space_id, player_id, party_id in restored.lost_parties:
+            await self.member.party_lost(space_id, player_id, party_id)
+        if self.link.recovered():
             log.info(
                 "I6004",
                 "Redis is reachable again; this node's players were written back",
@@ -438,9 +407,7 @@ class NodeMonitor:
         player: ``player:left`` for everyone, its EXIT logged once.
         """
         member = self.member
-        if member is None:
-            return
-        index = await self.redis.hgetall(node_index_key(self.node))
+        index = await self.redis.hgetall(keys.node_players(self.node))
         entries = set()
         for field, sid in index.items():
             space_id, _, player_id = field.decode().partition(SEP)
@@ -469,19 +436,20 @@ class NodeMonitor:
     async def _reap_predecessors(self) -> None:
         """Earlier lives of this node (same name and port) are dead: remove their players now."""
         stem = self.node.rsplit(":", 1)[0] + ":"
-        for raw in await self.redis.smembers(key("node-index")):
+        for raw in await self.redis.smembers(keys.node_index()):
             other = raw.decode()
             if other != self.node and other.startswith(stem):
                 await self._reap(other, "restarted")
 
     async def _reap_dead(self) -> None:
-        if self._connected_since is None:
+        since = self.link.connected_since
+        if since is None:
             return
-        if time.monotonic() - self._connected_since < DEAD_AFTER_SECONDS:
+        if time.monotonic() - since < DEAD_AFTER_SECONDS:
             return  # just back from an outage: the others have not had a chance to beat yet
         now_ms = int((await self.redis.time())[0]) * 1000
-        beats = dict(await self.redis.zrange(key("nodes"), 0, -1, withscores=True))
-        owners = await self.redis.smembers(key("node-index"))
+        beats = dict(await self.redis.zrange(keys.nodes(), 0, -1, withscores=True))
+        owners = await self.redis.smembers(keys.node_index())
         limit = DEAD_AFTER_SECONDS * 1000
         for raw in set(beats) | set(owners):
             other = raw.decode()
@@ -492,7 +460,7 @@ class NodeMonitor:
                 await self._reap(other, "stopped beating")
 
     async def _reap(self, other: str, why: str) -> None:
-        index = await self.redis.hgetall(node_index_key(other))
+        index = await self.redis.hgetall(keys.node_players(other))
         removed: list[str] = []
         for field, sid in index.items():
             space_id, _, player_id = field.decode().partition(SEP)
@@ -500,16 +468,15 @@ class NodeMonitor:
             if departed is None:
                 continue  # another node removed it first, or it joined again elsewhere
             removed.append(SEP.join((space_id, player_id, sid.decode())))
-            if self.member is not None:
-                await self.member.depart_ghost(departed, "disconnect:server lost", log_exit=True)
+            await self.member.depart_ghost(departed, "disconnect:server lost", log_exit=True)
         async with self.redis.pipeline(transaction=True) as pipe:
             if removed:
                 # If the node was only cut off, it finds out from this when it is back.
-                pipe.sadd(reaped_key(other), *removed)
-                pipe.expire(reaped_key(other), REAPED_MEMORY_SECONDS)
-            pipe.srem(key("node-index"), other)
-            pipe.zrem(key("nodes"), other)
-            pipe.delete(node_index_key(other), key("node", other))
+                pipe.sadd(keys.reaped(other), *removed)
+                pipe.expire(keys.reaped(other), REAPED_MEMORY_SECONDS)
+            pipe.srem(keys.node_index(), other)
+            pipe.zrem(keys.nodes(), other)
+            pipe.delete(keys.node_players(other), keys.node_figures(other))
             await pipe.execute()
         self.nodes_lost += 1
         level = log.error if removed else log.warn
@@ -523,9 +490,9 @@ class NodeMonitor:
     async def cluster_figures(self) -> dict[str, Any]:
         """Live nodes with their socket counts (for ``/metrics``)."""
         now_ms = int((await self.redis.time())[0]) * 1000
-        beats = await self.redis.zrange(key("nodes"), 0, -1, withscores=True)
+        beats = await self.redis.zrange(keys.nodes(), 0, -1, withscores=True)
         alive = [n.decode() for n, seen in beats if now_ms - seen <= DEAD_AFTER_SECONDS * 1000]
-        figures = await self.redis.mget([key("node", n) for n in alive]) if alive else []
+        figures = await self.redis.mget([keys.node_figures(n) for n in alive]) if alive else []
         nodes = []
         for node, raw in zip(alive, figures, strict=True):
             data = orjson.loads(raw) if raw else {}
@@ -542,12 +509,12 @@ class NodeMonitor:
     async def leave_cluster(self) -> None:
         """A node stopping cleanly takes itself out, so the others do not wait to reap it."""
         with contextlib.suppress(*REDIS_ERRORS):
-            left_behind = await self.redis.hlen(node_index_key(self.node))
+            left_behind = await self.redis.hlen(keys.node_players(self.node))
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(key("nodes"), self.node)
-                pipe.delete(key("node", self.node))
+                pipe.zrem(keys.nodes(), self.node)
+                pipe.delete(keys.node_figures(self.node))
                 if not left_behind:  # else the others remove them as from a dead node
-                    pipe.srem(key("node-index"), self.node)
+                    pipe.srem(keys.node_index(), self.node)
                 await pipe.execute()
 
     async def close(self) -> None:

@@ -28,7 +28,7 @@ from .observability.timing import NOT_OBSERVED, Observer
 from .wire import ws_frame as _ws_frame
 
 if TYPE_CHECKING:
-    from .cluster import ClusterBus
+    from .bus import Bus
 
 TICK_SECONDS = 0.05
 WRITE_WINDOW = 0.005
@@ -78,10 +78,13 @@ class Broadcaster:
     def __init__(
         self,
         sio: socketio.AsyncServer,
+        bus: Bus,
         tick: float = TICK_SECONDS,
         buffer_limit: int = DEFAULT_CLIENT_BUFFER_LIMIT,
     ) -> None:
         self.sio = sio
+        self.bus = bus
+        """What is sent here also goes to the players on the other nodes (if there are any)."""
         self.tick = tick
         self.buffer_limit = buffer_limit
         self.lagging_bytes = min(LAGGING_BYTES, buffer_limit // 4)
@@ -99,8 +102,6 @@ class Broadcaster:
         """How long each tick of positions takes to build and write (one figure per tick)."""
         self.move_wait_seconds: Observer = NOT_OBSERVED
         """Per tick: how long its oldest move waited between being queued and written."""
-        self.bus: ClusterBus | None = None
-        """Set in cluster mode: what is sent here also goes to the players on other nodes."""
         self._players: dict[str, dict[str, str]] = {}
         """space -> player -> the socket of that player on this node (for targeted events)."""
         self._members: dict[str, dict[str, str]] = {}
@@ -207,10 +208,10 @@ class Broadcaster:
         local_only: bool = False,
         about: str | None = None,
     ) -> None:
-        """``about``: the player a departure notice concerns (see ``ClusterBus``)."""
+        """``about``: the player a departure notice concerns (see :meth:`.Bus.publish_event`)."""
         packet = _packet(event, data)
         self.deliver_event(space_id, packet, None, skip_sid)
-        if self.bus is not None and not local_only:
+        if not local_only:
             self.bus.publish_event(space_id, packet, None, about)
 
     async def to_players(
@@ -225,25 +226,21 @@ class Broadcaster:
             return
         packet = _packet(event, data)
         self.deliver_event(space_id, packet, player_ids, skip_sid)
-        if self.bus is not None:
-            self.bus.publish_event(space_id, packet, player_ids)
+        self.bus.publish_event(space_id, packet, player_ids)
 
     def evict_elsewhere(self, node: str, space_id: str, player_id: str, sid: str) -> None:
         """Ask another node to close a socket replaced by a newer one (SPEC §2.3)."""
-        if self.bus is not None:
-            self.bus.publish_evict(node, space_id, player_id, sid)
+        self.bus.publish_evict(node, space_id, player_id, sid)
 
     def signal_elsewhere(self, space_id: str, body: dict[str, Any]) -> None:
         """An order about players of a space (kick, mute) for the other nodes serving it."""
-        if self.bus is not None:
-            self.bus.publish_signal(space_id, body)
+        self.bus.publish_signal(space_id, body)
 
     def publish_remote(
         self, space_id: str, event: str, data: Any, about: str | None = None
     ) -> None:
         """An event for the space's players on the other nodes only."""
-        if self.bus is not None:
-            self.bus.publish_event(space_id, _packet(event, data), None, about)
+        self.bus.publish_event(space_id, _packet(event, data), None, about)
 
     def holds(self, space_id: str, player_id: str) -> bool:
         """Whether a socket of this node is in the space as that player."""
@@ -327,8 +324,7 @@ class Broadcaster:
         for index, (sid, _) in enumerate(entries):
             own.setdefault(sid, []).append(index)
         self._send_moves(space_id, bodies, ids, own)
-        if self.bus is not None:
-            self.bus.publish_moves(space_id, bodies, ids)
+        self.bus.publish_moves(space_id, bodies, ids)
         done = time.monotonic()
         self.tick_seconds.observe(done - started)
         self.move_wait_seconds.observe(done - moves.queued_at)

@@ -310,12 +310,18 @@ class ExitOutbox:
     """
 
     def __init__(
-        self, client: AppClient, journal: ExitJournal | None = None, grace: float = 0.0
+        self,
+        client: AppClient,
+        journal: ExitJournal | None = None,
+        grace: float = 0.0,
+        arbiter: StayArbiter | None = None,
     ) -> None:
         self.client = client
         self.journal = journal
         self.grace = grace
-        self.arbiter: StayArbiter | None = None
+        self.arbiter = arbiter
+        """Shared state deciding between a rejoin and a held EXIT (a cluster); ``None`` on a
+        node alone, which decides by itself."""
         self._queue: asyncio.Queue[ExitEvent] = asyncio.Queue()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, asyncio.TimerHandle] = {}

@@ -6,13 +6,9 @@ the same reactions, the same recorder and the same spotlights, and a change that
 once (a second recording refused, a reaction toggled by two sockets at once, a recording ended
 by the recorder's departure noticed by two nodes) is one Lua script.
 
-Layout in Redis (``spacesync:`` prefix, next to the keys :mod:`.redis` lists):
-
-- ``space:<id>:reactions`` — hash ``<messageId>\\x1f<type>`` -> JSON list of the player ids who
-  reacted, oldest first; expires :data:`REACTION_TTL_MS` after the space's last toggle;
-- ``space:<id>:recording`` — JSON ``{recorderId, recorderNickname, startedAt}`` while a
-  recording runs; ``space:<id>:recording:at`` — Redis time (ms) of its last start or stop;
-- ``space:<id>:spotlights`` — hash player id -> JSON ``{participantId, nickname}``.
+In Redis, a space's reactions, its recording (with the Redis time of its last start or stop)
+and its spotlights are three keys of the space (see :mod:`.keys`); reactions expire
+:data:`REACTION_TTL_MS` after the space's last toggle.
 
 Recordings and spotlights end with their holder (leave, disconnect, a dead node's players
 reaped by the others); the expiry on those keys is only a backstop for a cluster that stopped
@@ -37,7 +33,8 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from .base import StateStore, StoreUnavailable
-from .redis import RedisStore, key
+from .keys import space_reactions, space_recording, space_recording_at, space_spotlights
+from .redis import RedisStore
 
 REACTION_TTL_MS = 6 * 3600 * 1000
 """Reactions are forgotten six hours after the space's last toggle: FlowSpace's chat panel shows
@@ -324,7 +321,6 @@ class RedisLiveState:
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._key = key
         self.listener: LiveListener | None = None
         self._recordings: dict[str, tuple[Recording, int]] = {}
         """Space -> the recording one of this node's players runs, with the Redis time of its
@@ -344,13 +340,12 @@ class RedisLiveState:
         return await self._store._shared(call)
 
     def _recording_keys(self, space_id: str) -> list[str]:
-        name = self._key("space", space_id, "recording")
-        return [name, name + ":at"]
+        return [space_recording(space_id), space_recording_at(space_id)]
 
     async def toggle_reaction(
         self, space_id: str, message_id: str, kind: str, player_id: str
     ) -> Toggle:
-        keys = [self._key("space", space_id, "reactions")]
+        keys = [space_reactions(space_id)]
         args = [_field(message_id, kind), player_id, MAX_REACTORS, MAX_REACTED_MESSAGES]
         result = await self._run(lambda: self._toggle(keys=keys, args=[*args, REACTION_TTL_MS]))
         outcome = result.decode() if isinstance(result, bytes) else str(result)
@@ -358,7 +353,7 @@ class RedisLiveState:
         return outcome  # type: ignore[return-value]
 
     async def recording(self, space_id: str) -> Recording | None:
-        name = self._key("space", space_id, "recording")
+        name = space_recording(space_id)
         held = self._recordings.get(space_id)
         try:
             raw = await self._run(lambda: self._store.redis.get(name))
@@ -418,7 +413,7 @@ class RedisLiveState:
         return other
 
     async def spotlights(self, space_id: str) -> list[Spotlight]:
-        name = self._key("space", space_id, "spotlights")
+        name = space_spotlights(space_id)
         held = self._spotlights.get(space_id, {})
         try:
             raw = await self._run(lambda: self._store.redis.hvals(name))
@@ -441,12 +436,12 @@ class RedisLiveState:
 
     async def _put_spotlight(self, space_id: str, spotlight: Spotlight) -> Any:
         return await self._write_back_spotlight(
-            keys=[self._key("space", space_id, "spotlights")],
+            keys=[space_spotlights(space_id)],
             args=[spotlight.participant_id, orjson.dumps(spotlight.to_wire()), HOLDER_TTL_MS],
         )
 
     async def activate_spotlight(self, space_id: str, spotlight: Spotlight) -> None:
-        name = self._key("space", space_id, "spotlights")
+        name = space_spotlights(space_id)
         value = orjson.dumps(spotlight.to_wire())
 
         async def write() -> None:
@@ -459,7 +454,7 @@ class RedisLiveState:
         self._spotlights.setdefault(space_id, {})[spotlight.participant_id] = spotlight
 
     async def deactivate_spotlight(self, space_id: str, player_id: str) -> Spotlight | None:
-        keys = [self._key("space", space_id, "spotlights")]
+        keys = [space_spotlights(space_id)]
         raw = await self._run(lambda: self._deactivate(keys=keys, args=[player_id]))
         self._forget_spotlight(space_id, player_id)
         return Spotlight.loads(raw) if raw else None
@@ -496,7 +491,7 @@ class RedisLiveState:
                     continue
                 self._forget_spotlight(space_id, spotlight.participant_id)
                 if left(space_id, spotlight.participant_id):
-                    keys = [self._key("space", space_id, "spotlights")]
+                    keys = [space_spotlights(space_id)]
                     await self._deactivate(keys=keys, args=[spotlight.participant_id])
                     if self.listener is not None:
                         await self.listener.spotlight_ended(space_id, spotlight)

@@ -4,22 +4,7 @@ Every node keeps the players connected to it in memory as well, for three reason
 path (``player:move``) must not wait for I/O, a node keeps serving its own players while Redis
 is away, and when Redis comes back (or restarts empty) the node writes its live players back.
 
-Layout (``spacesync:`` prefix):
-
-- ``spaces`` — set of space ids with players;
-- ``space:<id>:players`` — hash player id -> JSON identity, socket id, node and join time;
-- ``space:<id>:pos`` — hash player id -> ``[x, y, direction, isMoving]``, written once a tick;
-- ``space:<id>:proximity`` — ``"1"``/``"0"``; ``space:<id>:parties`` — JSON of the parties,
-  changed only under ``space:<id>:parties:lock``; ``party-counts`` — hash space -> live parties;
-- ``chat:<playerId>`` — the player's rate-limit history, expiring;
-- ``limit:<rule>:<key>:<window>`` — events counted under a per-player or per-target limit in
-  one window of Redis time (see :meth:`RedisStore.hit_limit`), expiring with the window;
-- ``nodes`` — sorted set node -> last heartbeat (Redis time, ms); ``node-index`` — set of nodes
-  that own players; ``node:<node>:players`` — hash ``space\\x1fplayer`` -> socket id;
-  ``node:<node>`` — the node's figures, expiring;
-- ``held:<exitKey>`` — hash of a held EXIT (node, stay start, its ``stay:`` key, ``claimedBy``
-  once a rejoin took it), expiring; ``stay:<space>:<player>:<tokenDigest>`` — the key of the
-  latest held EXIT of that stay, expiring (see :meth:`RedisStore.hold_exit`).
+The names of the keys, what each holds and which expire: :mod:`.keys`.
 
 Changes that must not race (joining, leaving, replacing a socket) are Lua scripts, so a player's
 entry is removed exactly once in the whole cluster: that is what makes each EXIT logged once.
@@ -53,9 +38,11 @@ from ..domain.limits import KeyedHit, KeyedLimits, Rule
 from ..domain.parties import Party, SpaceParties
 from ..domain.space import SPAWN_DIRECTION, SPAWN_X, SPAWN_Y, PlayerState
 from ..integrations.app_api import MAX_EXIT_AGE, ClaimedStay, ExitEvent, token_digest
+from . import keys
 from .base import Departed, JoinResult, StoreUnavailable
+from .keys import SEP
+from .link import RedisLink
 
-PREFIX = "spacesync:"
 POSITION_WRITE_SECONDS = 0.05
 CHAT_HISTORY_MS = 60_000
 LIMIT_TTL_MARGIN_MS = 1_000
@@ -64,7 +51,6 @@ the window ended finds it (and cannot create a counter without an expiry)."""
 PARTY_LOCK_SECONDS = 5.0
 PARTY_LOCK_POLL = 0.01
 """Seconds between tries for a busy party lock (the holder keeps it for a round trip or two)."""
-SEP = "\x1f"
 NAME_CANDIDATES = 20
 """Names a join offers the script when its own is taken: "Ann", "Ann (2)" ... "Ann (20)"."""
 T = TypeVar("T")
@@ -74,14 +60,16 @@ does): far longer than any grace period, so a node back from a crash still finds
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
-# The entry (ARGV[2]) holds ARGV[8] where its nickname goes and ARGV[9] where its name key
-# goes; ARGV[10..] are candidate names, each its JSON string then its name key: the first not
-# held by another player of the space (KEYS[5], name key -> player) is claimed, in the same
-# step as the entry, so two joins on two nodes at once cannot both take a name.
+# ARGV[5] and ARGV[10] are the name of a node's player index around the node's id (the
+# previous entry names the node that held the player). The entry (ARGV[2]) holds ARGV[8] where
+# its nickname goes and ARGV[9] where its name key goes; ARGV[11..] are candidate names, each
+# its JSON string then its name key: the first not held by another player of the space
+# (KEYS[5], name key -> player) is claimed, in the same step as the entry, so two joins on two
+# nodes at once cannot both take a name.
 _JOIN = """
 local player, names = ARGV[1], KEYS[5]
 local chosen = #ARGV - 1
-for i = 10, #ARGV - 1, 2 do
+for i = 11, #ARGV - 1, 2 do
   local owner = redis.call('HGET', names, ARGV[i + 1])
   if not owner or owner == player then chosen = i; break end
 end
@@ -97,7 +85,7 @@ if old then
   local ok, dec = pcall(cjson.decode, old)
   if ok and type(dec) == 'table' then
     if dec['node'] and dec['node'] ~= ARGV[7] then
-      local index = ARGV[5] .. 'node:' .. dec['node'] .. ':players'
+      local index = ARGV[5] .. dec['node'] .. ARGV[10]
       redis.call('HDEL', index, ARGV[3] .. '\\31' .. player)
     end
     local was = dec['nameKey']
@@ -111,9 +99,10 @@ redis.call('HSETNX', KEYS[2], player, ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. player, ARGV[6])
 return {old or false, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-        (chosen - 10) / 2}
+        (chosen - 11) / 2}
 """
 
+# ARGV[4] and ARGV[5]: the name of a node's player index around the node's id.
 _LEAVE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return false end
@@ -123,7 +112,7 @@ local pos = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if dec['node'] then
-  redis.call('HDEL', ARGV[4] .. 'node:' .. dec['node'] .. ':players', ARGV[3] .. '\\31' .. ARGV[1])
+  redis.call('HDEL', ARGV[4] .. dec['node'] .. ARGV[5], ARGV[3] .. '\\31' .. ARGV[1])
 end
 local name_key = dec['nameKey']
 if type(name_key) == 'string' and redis.call('HGET', KEYS[5], name_key) == ARGV[1] then
@@ -142,12 +131,12 @@ _RESTORE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local ok, dec = pcall(cjson.decode, cur)
-  if ok and type(dec) == 'table' and dec['sid'] ~= ARGV[6] then return 2 end
+  if ok and type(dec) == 'table' and dec['sid'] ~= ARGV[5] then return 2 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. ARGV[1], ARGV[6])
+redis.call('HSET', KEYS[4], ARGV[3] .. '\\31' .. ARGV[1], ARGV[5])
 local ok, mine = pcall(cjson.decode, ARGV[2])
 if ok and type(mine) == 'table' and type(mine['nameKey']) == 'string' then
   redis.call('HSETNX', KEYS[5], mine['nameKey'], ARGV[1])
@@ -199,14 +188,14 @@ return {verdict, string.format('%.6f', now), times, last or '', repeats}
 # counted in one step so that a player's sockets on several nodes share one allowance. Fixed
 # windows aligned on Redis time, the same for every node; the counter's name ends with the
 # window, so it is built here from KEYS[1], and it expires with the window.
-# ARGV: limit, window (ms), expiry margin (ms).
+# ARGV: limit, window (ms), expiry margin (ms), what goes between KEYS[1] and the window.
 # Returns {1 counted | 0 over the limit, count in the window, ms until it ends, window}.
 _HIT_LIMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local index = math.floor(now / window)
-local counter = KEYS[1] .. ':' .. string.format('%d', index)
+local counter = KEYS[1] .. ARGV[4] .. string.format('%d', index)
 local left = (index + 1) * window - now
 local count = tonumber(redis.call('GET', counter)) or 0
 if count >= limit then return {0, count, left, index} end
@@ -282,11 +271,12 @@ redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 return 1
 """
 
+# ARGV[1]: the name of a held EXIT without its key (the stay's key holds that).
 _CLAIM = """
 local k = redis.call('GET', KEYS[1])
 if not k then return false end
 redis.call('DEL', KEYS[1])
-local h = ARGV[1] .. 'held:' .. k
+local h = ARGV[1] .. k
 if redis.call('EXISTS', h) == 0 or redis.call('HEXISTS', h, 'claimedBy') == 1 then
   return false
 end
@@ -305,19 +295,6 @@ if claimed then return 'claimed' end
 if stay and redis.call('GET', stay) == ARGV[1] then redis.call('DEL', stay) end
 return 'free'
 """
-
-
-def key(*parts: str) -> str:
-    return PREFIX + ":".join(parts)
-
-
-def node_index_key(node: str) -> str:
-    return key("node", node, "players")
-
-
-def reaped_key(node: str) -> str:
-    """Players of ``node`` removed by the others when it was declared dead."""
-    return key("reaped", node)
 
 
 @dataclass(slots=True)
@@ -423,20 +400,26 @@ def _roster(entries: list[Any], positions: list[Any]) -> list[PlayerState]:
 class RedisStore:
     """The :class:`~spacesync.state.base.StateStore` of a cluster node."""
 
-    def __init__(self, client: aioredis.Redis, node: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        node: str,
+        *,
+        link: RedisLink | None = None,
+        watcher: SpaceWatcher | None = None,
+    ) -> None:
         self.redis = client
         self.node = node
-        self.watcher: SpaceWatcher | None = None
-        self.healthy = False
-        self.on_down: Callable[[BaseException], None] | None = None
+        self.link = link if link is not None else RedisLink()
+        """Whether Redis may be used now, shared with the bus and the node monitor."""
+        self.watcher = watcher
+        """Told when this node starts and stops serving a space (the bus, in a cluster)."""
         self._local: dict[str, dict[str, PlayerState]] = {}
         self._left_offline: dict[tuple[str, str], PlayerState] = {}
         self._deferred_exits: dict[tuple[str, str, str], Any] = {}
         self._joined_offline: set[tuple[str, str]] = set()
         self._proximity: dict[str, bool] = {}
         self._proximity_at: dict[str, int] = {}
-        self.doubt_after: float | None = None
-        self.confirmed_at: float | None = None
         self._party_copy: dict[str, SpaceParties] = {}
         self.companions: list[Companion] = []
         """Other state written back with this node's players (see :class:`Companion`)."""
@@ -480,25 +463,24 @@ class RedisStore:
             self.mark_down(exc)
             raise StoreUnavailable("shared state is unavailable") from exc
 
+    @property
+    def healthy(self) -> bool:
+        return self.link.healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self.link.healthy = value
+
     def in_doubt(self) -> bool:
-        """True when this node has not confirmed its heartbeat for ``doubt_after`` seconds (it
-        was frozen, or its event loop stalled): the others may have declared it dead and removed
-        its players, so nothing its players do is shared until the next heartbeat says whether
-        they were (then they are dropped) or not."""
-        if self.doubt_after is None:
-            return False
-        confirmed = self.confirmed_at
-        return confirmed is None or time.monotonic() - confirmed > self.doubt_after
+        """See :meth:`RedisLink.in_doubt`."""
+        return self.link.in_doubt()
 
     def pending_offline(self) -> bool:
         """Whether players came or went while shared state was not used (to write back)."""
         return bool(self._left_offline or self._joined_offline)
 
     def mark_down(self, exc: BaseException) -> None:
-        if self.healthy:
-            self.healthy = False
-            if self.on_down is not None:
-                self.on_down(exc)
+        self.link.mark_down(exc)
 
     # -- entries -------------------------------------------------------------------------------
 
@@ -521,14 +503,14 @@ class RedisStore:
 
     def _keys(self, space_id: str) -> list[str]:
         return [
-            key("space", space_id, "players"),
-            key("space", space_id, "pos"),
-            key("spaces"),
+            keys.space_players(space_id),
+            keys.space_positions(space_id),
+            keys.spaces(),
         ]
 
     def _names_key(self, space_id: str) -> str:
         """The space's name index: :func:`nickname_key` of each player's name -> player id."""
-        return key("space", space_id, "names")
+        return keys.space_names(space_id)
 
     # -- joining and leaving -------------------------------------------------------------------
 
@@ -556,7 +538,7 @@ class RedisStore:
                 lambda: self._join(
                     keys=[
                         *self._keys(space_id),
-                        node_index_key(self.node),
+                        keys.node_players(self.node),
                         self._names_key(space_id),
                     ],
                     args=[
@@ -564,11 +546,12 @@ class RedisStore:
                         self._entry(player, marker=marker),
                         space_id,
                         spawn,
-                        PREFIX,
+                        keys.NODE_PLAYERS_AROUND[0],
                         sid,
                         self.node,
                         orjson.dumps(marker),
                         orjson.dumps(marker + "k"),
+                        keys.NODE_PLAYERS_AROUND[1],
                         *candidates,
                     ],
                 )
@@ -633,10 +616,10 @@ class RedisStore:
             lambda: self._leave(
                 keys=[
                     *self._keys(space_id),
-                    key("space", space_id, "proximity"),
+                    keys.space_proximity(space_id),
                     self._names_key(space_id),
                 ],
-                args=[player_id, sid, space_id, PREFIX],
+                args=[player_id, sid, space_id, *keys.NODE_PLAYERS_AROUND],
             )
         )
         if not result:
@@ -701,8 +684,8 @@ class RedisStore:
         key, not by node name, so a node restarted after a crash settles what its outbox held.
         Only a digest of the session token is stored.
         """
-        held = key("held", event.key)
-        stay = key("stay", *event.stay)
+        held = keys.held_exit(event.key)
+        stay = keys.stay(*event.stay)
         await self._shared(
             lambda: self._hold(
                 keys=[held, stay],
@@ -714,7 +697,7 @@ class RedisStore:
         """Take over the held EXIT of this stay, if nobody settled or claimed it yet."""
         found = await self._shared(
             lambda: self._claim(
-                keys=[key("stay", space_id, player_id, digest)], args=[PREFIX, self.node]
+                keys=[keys.stay(space_id, player_id, digest)], args=[keys.HELD_EXIT_HEAD, self.node]
             )
         )
         if not found:
@@ -733,7 +716,7 @@ class RedisStore:
         goes on, whose own EXIT will be sent, so this one is dropped.
         """
         outcome = await self._shared(
-            lambda: self._settle(keys=[key("held", event.key)], args=[event.key])
+            lambda: self._settle(keys=[keys.held_exit(event.key)], args=[event.key])
         )
         if outcome in (b"free", "free"):
             return True
@@ -877,8 +860,7 @@ class RedisStore:
         return player
 
     def _proximity_keys(self, space_id: str) -> list[str]:
-        name = key("space", space_id, "proximity")
-        return [name, name + ":at"]
+        return [keys.space_proximity(space_id), keys.space_proximity_at(space_id)]
 
     async def proximity(self, space_id: str) -> bool:
         names = self._proximity_keys(space_id)
@@ -926,9 +908,9 @@ class RedisStore:
     ) -> AsyncIterator[SpaceParties]:
         """The space's parties under its lock, saved on exit; ``run`` runs each Redis call
         (:meth:`_shared`, or :func:`_direct` while writing this node's state back)."""
-        name = key("space", space_id, "parties")
+        name = keys.space_parties(space_id)
         lock = self.redis.lock(
-            name + ":lock",
+            keys.space_parties_lock(space_id),
             timeout=PARTY_LOCK_SECONDS,
             sleep=PARTY_LOCK_POLL,
             blocking_timeout=PARTY_LOCK_SECONDS,
@@ -951,9 +933,9 @@ class RedisStore:
                     else:
                         pipe.delete(name)
                     if count:
-                        pipe.hset(key("party-counts"), space_id, count)
+                        pipe.hset(keys.party_counts(), space_id, count)
                     else:
-                        pipe.hdel(key("party-counts"), space_id)
+                        pipe.hdel(keys.party_counts(), space_id)
                     await pipe.execute()
 
             await run(save)
@@ -970,7 +952,7 @@ class RedisStore:
         copy = self._party_copy.get(space_id)
         if copy is not None and copy.memberships(player_id):
             return True
-        raw = await self._shared(lambda: self.redis.get(key("space", space_id, "parties")))
+        raw = await self._shared(lambda: self.redis.get(keys.space_parties(space_id)))
         if not raw or orjson.dumps(player_id) not in raw:
             return False
         parties = SpaceParties.from_dict(orjson.loads(raw))
@@ -1030,7 +1012,7 @@ class RedisStore:
         copy = self._party_copy.get(space_id)
         if copy is None:
             return []
-        name = key("space", space_id, "parties")
+        name = keys.space_parties(space_id)
         raw = await self.redis.get(name)
         if raw and not self._parties_lost(copy, SpaceParties.from_dict(orjson.loads(raw))):
             return []
@@ -1077,7 +1059,7 @@ class RedisStore:
         try:
             verdict, at, accepted, last, repeats = await self._shared(
                 lambda: self._allow_chat(
-                    keys=[key("chat", player_id)],
+                    keys=[keys.chat_history(player_id)],
                     args=[
                         normalized,
                         limiter.limit,
@@ -1118,8 +1100,13 @@ class RedisStore:
         try:
             allowed, count, left_ms, window = await self._shared(
                 lambda: self._hit_limit(
-                    keys=[key("limit", rule.name, subject)],
-                    args=[rule.limit, round(rule.window * 1000), LIMIT_TTL_MARGIN_MS],
+                    keys=[keys.limit(rule.name, subject)],
+                    args=[
+                        rule.limit,
+                        round(rule.window * 1000),
+                        LIMIT_TTL_MARGIN_MS,
+                        keys.LIMIT_WINDOW_SEP,
+                    ],
                 )
             )
         except StoreUnavailable:
@@ -1138,16 +1125,16 @@ class RedisStore:
             self._limits.give_back(hit)
             return
         self._limits_full.pop((hit.rule.name, hit.key), None)
-        counter = f"{key('limit', hit.rule.name, hit.key)}:{hit.window}"
+        counter = keys.limit_window(hit.rule.name, hit.key, hit.window)
         with contextlib.suppress(StoreUnavailable):
             await self._shared(lambda: self._give_back(keys=[counter]))
 
     async def space_sizes(self) -> dict[str, int]:
         async def read() -> dict[str, int]:
-            spaces = sorted(s.decode() for s in await self.redis.smembers(key("spaces")))
+            spaces = sorted(s.decode() for s in await self.redis.smembers(keys.spaces()))
             async with self.redis.pipeline(transaction=False) as pipe:
                 for space_id in spaces:
-                    pipe.hlen(key("space", space_id, "players"))
+                    pipe.hlen(keys.space_players(space_id))
                 sizes = await pipe.execute()
             return {s: n for s, n in zip(spaces, sizes, strict=True) if n}
 
@@ -1157,7 +1144,7 @@ class RedisStore:
             return self.local_sizes()
 
     async def player_restriction(self, space_id: str, player_id: str) -> dict[str, Any] | None:
-        name = key("restriction", space_id, player_id)
+        name = keys.restriction(space_id, player_id)
         raw = await self._shared(lambda: self.redis.get(name))
         return orjson.loads(raw) if raw else None
 
@@ -1166,7 +1153,7 @@ class RedisStore:
     ) -> None:
         """A timed mute is kept with the remaining time as its expiry: Redis forgets it when it
         lapses, and nothing has to sweep it."""
-        name = key("restriction", space_id, player_id)
+        name = keys.restriction(space_id, player_id)
         if record is None:
             await self._shared(lambda: self.redis.delete(name))
             return
@@ -1182,7 +1169,7 @@ class RedisStore:
 
     async def party_count(self) -> int:
         try:
-            counts = await self._shared(lambda: self.redis.hvals(key("party-counts")))
+            counts = await self._shared(lambda: self.redis.hvals(keys.party_counts()))
         except StoreUnavailable:
             return 0
         return sum(int(c) for c in counts)
@@ -1237,7 +1224,7 @@ class RedisStore:
 
     async def reaped_here(self) -> set[tuple[str, str, str]]:
         """``(space, player, socket)`` of this node's players the others removed as dead."""
-        members = await self.redis.smembers(reaped_key(self.node))
+        members = await self.redis.smembers(keys.reaped(self.node))
         return {tuple(m.decode().split(SEP, 2)) for m in members}  # type: ignore[misc]
 
     async def restore(self, reaped: set[tuple[str, str, str]]) -> Restored:
@@ -1263,7 +1250,7 @@ class RedisStore:
                 outcome = await self._restore(
                     keys=[
                         *self._keys(space_id),
-                        node_index_key(self.node),
+                        keys.node_players(self.node),
                         self._names_key(space_id),
                     ],
                     args=[
@@ -1271,7 +1258,6 @@ class RedisStore:
                         self._entry(player),
                         space_id,
                         _position_json(player),
-                        PREFIX,
                         player.sid,
                     ],
                 )
@@ -1304,10 +1290,10 @@ class RedisStore:
             await self._leave(
                 keys=[
                     *self._keys(space_id),
-                    key("space", space_id, "proximity"),
+                    keys.space_proximity(space_id),
                     self._names_key(space_id),
                 ],
-                args=[player_id, player.sid, space_id, PREFIX],
+                args=[player_id, player.sid, space_id, *keys.NODE_PLAYERS_AROUND],
             )
             # Removed now, or gone with a restart of Redis: either way nobody else saw the
             # player leave, so the others are told now and the EXIT is this node's to log.
@@ -1319,7 +1305,7 @@ class RedisStore:
         for space_id in [s for s in self._party_copy if s not in self._local]:
             self._forget_space(space_id)
         if reaped:
-            await self.redis.delete(reaped_key(self.node))
+            await self.redis.delete(keys.reaped(self.node))
         return restored
 
     async def close(self) -> None:
