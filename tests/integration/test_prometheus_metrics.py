@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,7 +14,6 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from conftest import ServerFactory
 from support.ids import dev_token, unique
 from support.jsclient import Bridge, JsClient
 from support.server import ServerProcess
@@ -24,6 +24,7 @@ PROMETHEUS_ACCEPT = (
 )
 TEXT_ACCEPT = "text/plain;version=0.0.4"
 
+ServerFactory = Callable[..., ServerProcess]
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
