@@ -170,7 +170,7 @@ def _database(v: _Reader, refreshed: Refreshed) -> dict[str, Any]:
 
 def _cluster(node: Any, v: _Reader, refreshed: Refreshed) -> dict[str, Any]:
     """Cluster-wide figures beside the node's own (cluster mode only)."""
-    if node.monitor is None or node.bus is None:
+    if node.monitor is None:
         return {}
     nodes = v.value("cluster_nodes")
     cluster: dict[str, Any] = {

@@ -309,7 +309,7 @@ class _NodeCollector:
         alerter = node.alerter
         yield _counter("alerts_sent", "Alerts posted to the Discord webhook.", alerter.sent)
         yield _counter("alerts_failed", "Alerts the Discord webhook did not take.", alerter.failed)
-        if node.monitor is not None and node.bus is not None:
+        if node.monitor is not None:
             yield _counter(
                 "cluster_nodes_lost",
                 "Other nodes this node declared dead.",
@@ -503,7 +503,7 @@ class NodeMetrics:
         )
         # Cluster figures only in cluster mode (unregistered gauges otherwise): a node without
         # Redis must not report Redis as down.
-        clustered = r if node.monitor is not None and node.bus is not None else None
+        clustered = r if node.monitor is not None else None
         self.redis_up = Gauge(
             PREFIX + "redis_up",
             "1 if Redis answered at the latest scrape (cluster mode).",
@@ -547,7 +547,7 @@ class NodeMetrics:
         latency = database["latencyMs"]
         self.database_ping_seconds.set(math.nan if latency is None else latency / 1000)
         refreshed = Refreshed(database=database)
-        if node.monitor is not None and node.bus is not None:
+        if node.monitor is not None:
             sizes = await node.store.space_sizes()
             self.cluster_connections.set(sum(sizes.values()))
             self.cluster_spaces.set(len(sizes))
