@@ -5,10 +5,16 @@ are told apart and joined, and what Prometheus scrapes."""
 from __future__ import annotations
 
 import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 from recipe import (
     COMPOSE_FILE,
@@ -18,9 +24,12 @@ from recipe import (
     PROMETHEUS_FILE,
     REPO,
     dockerfile_stages,
+    free_port,
 )
 
 from spacesync.config import load_settings
+from support.cluster import CLUSTER_REDIS_URL, redis_reachable
+from support.server import ServerProcess
 
 NODES = ("node1", "node2")
 
@@ -62,8 +71,9 @@ def interpolated(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
 
 
-def node_environment(compose: dict[str, Any], name: str) -> dict[str, str]:
-    env = {"APP_URL": "https://app.example", "INTERNAL_API_TOKEN": "a-token"}
+def node_environment(compose: dict[str, Any], name: str, token: str = "a-token") -> dict[str, str]:
+    """A node's environment as compose gives it, with a .env holding APP_URL and the token."""
+    env = {"APP_URL": "https://app.example", "INTERNAL_API_TOKEN": token}
     raw = compose["services"][name]["environment"]
     return {k: interpolated(str(v), env) for k, v in raw.items()}
 
@@ -147,3 +157,87 @@ def test_prometheus_scrapes_both_nodes_with_the_token(
     assert compose["services"]["node1"]["environment"]["INTERNAL_API_TOKEN"].startswith(
         "${INTERNAL_API_TOKEN"
     )
+
+
+# What Prometheus 2.x sends when the scrape config sets no scrape_protocols (as ours does).
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,"
+    "application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+@pytest.fixture
+def compose_nodes(
+    compose: dict[str, Any], tmp_path: Path
+) -> Iterator[tuple[dict[str, ServerProcess], Path]]:
+    """node1 and node2 started with the compose file's environment on one Redis (the test
+    database instead of the redis service, loopback ports instead of 3001), and the token file
+    the compose secret gives Prometheus."""
+    if not redis_reachable(CLUSTER_REDIS_URL):
+        pytest.fail(f"this test needs Redis at {CLUSTER_REDIS_URL}", pytrace=False)
+    flush = redis.Redis.from_url(CLUSTER_REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        flush.flushdb()
+    finally:
+        flush.close()
+    token = "scrape-" + uuid.uuid4().hex
+    token_file = tmp_path / "internal_api_token"
+    token_file.write_text(token)  # a compose secret holds the bare value
+    nodes: dict[str, ServerProcess] = {}
+    try:
+        for name in NODES:
+            env: dict[str, str | None] = {
+                **node_environment(compose, name, token),
+                "REDIS_URL": CLUSTER_REDIS_URL,
+                "TRUSTED_PROXIES": None,
+                "HOST": "127.0.0.1",
+                "STORAGE_PATH": str(tmp_path / f"{name}.sqlite3"),
+                "EXIT_OUTBOX_PATH": str(tmp_path / f"{name}-exits.sqlite3"),
+            }
+            port = free_port()
+            env["PORT"] = str(port)
+            nodes[name] = ServerProcess(env, port=port).start(timeout=20.0)
+        yield nodes, token_file
+    finally:
+        for node in nodes.values():
+            node.stop()
+        for node in nodes.values():
+            node.assert_all_lines_json()
+
+
+def scrape(node: ServerProcess, headers: dict[str, str]) -> tuple[int, str, str]:
+    request = urllib.request.Request(f"{node.url}/metrics", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+
+def test_a_scrape_as_configured_reads_each_node(
+    compose_nodes: tuple[dict[str, ServerProcess], Path], prometheus: dict[str, Any]
+) -> None:
+    nodes, token_file = compose_nodes
+    (job,) = prometheus["scrape_configs"]
+    assert Path(job["authorization"]["credentials_file"]).name == token_file.name
+    # Prometheus sends the file's content, trimmed, as a bearer token.
+    authorization = f"{job['authorization'].get('type', 'Bearer')} {token_file.read_text().strip()}"
+    for node in nodes.values():
+        # Both nodes, on the one Redis of the compose file, count each other as alive.
+        deadline = time.monotonic() + 10
+        while True:
+            status, content_type, body = scrape(
+                node, {"Accept": PROMETHEUS_ACCEPT, "Authorization": authorization}
+            )
+            assert status == 200, body[:500]
+            alive = re.search(r"^spacesync_cluster_nodes (\S+)$", body, re.MULTILINE)
+            if (alive and float(alive.group(1)) == 2) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert content_type.startswith("application/openmetrics-text"), content_type
+        assert "# TYPE " in body and body.rstrip().endswith("# EOF"), body[-500:]
+        assert alive and float(alive.group(1)) == 2, body
+        # Without the token (a Prometheus missing its secret) the target is down.
+        status, _, _ = scrape(node, {"Accept": PROMETHEUS_ACCEPT})
+        assert status == 401
