@@ -279,3 +279,33 @@ def test_image_build_starts_the_server_and_its_healthcheck_passes(
     # A stopped server fails the same check: it is not a formality.
     done = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
+
+
+@pytest.mark.timeout(600)
+def test_healthcheck_fails_while_the_node_cannot_reach_redis(image: Path, final: Stage) -> None:
+    """The check asks for readiness, not liveness: a node that runs but cannot reach its Redis
+    is unhealthy (the orchestrator sends it no clients and can restart it)."""
+    env = image_env(final, image)
+    port = free_port()
+    dead_redis = free_port()  # nothing listens there
+    server_env: dict[str, str | None] = {
+        **env,
+        "PORT": str(port),
+        "REDIS_URL": f"redis://127.0.0.1:{dead_redis}/0",
+        "HOSTNAME": "image-test-no-redis",
+        "PYTHONPATH": None,
+        "VIRTUAL_ENV": None,
+    }
+    cmd = final.all("CMD")[0].exec_form()
+    assert cmd is not None
+    server = ImageServer(cmd, server_env, port)
+    check = healthcheck_argv(final)
+    check_env = {**clean_environ(), **env, "PORT": str(port)}
+    try:
+        server.start(timeout=20.0)
+        done = subprocess.run(check, env=check_env, capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0, done.stdout
+        assert "503" in done.stderr, done.stderr[-2000:]
+    finally:
+        if server.proc is not None:
+            server.stop()
