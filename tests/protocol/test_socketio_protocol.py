@@ -169,10 +169,54 @@ async def test_events_are_answered_in_order(socketio: Client) -> None:
 
 @pytest.mark.parametrize(
     "packet",
-    ["4abc", "42{}", '42abc["message-with-ack",1,"2",{"3":[false]}]'],
-    ids=["unknown packet type", "payload not an array", "invalid ack id"],
+    [
+        "4abc",
+        "42{}",
+        '42abc["message-with-ack",1,"2",{"3":[false]}]',
+        '42["connect"]',
+        "4511-" + json.dumps(["message", *({"_placeholder": True, "num": i} for i in range(11))]),
+    ],
+    ids=[
+        "unknown packet type",
+        "payload not an array",
+        "invalid ack id",
+        "reserved event name",
+        "too many attachments",
+    ],
 )
 async def test_an_invalid_packet_closes_the_connection(socketio: Client, packet: str) -> None:
     ws = await connected(socketio)
     await ws.send(packet)
     assert await ws.wait_closed(3.0) == []
+
+
+async def test_text_while_attachments_are_due_closes_the_connection(socketio: Client) -> None:
+    ws = await connected(socketio)
+    await ws.send(f'452-["message",{P0},{P1}]')
+    await ws.send(bytes([1]))
+    await ws.send('42["message","too early"]')
+    assert await ws.wait_closed(3.0) == []
+
+
+async def test_a_placeholder_without_its_attachment_closes_the_connection(
+    socketio: Client,
+) -> None:
+    ws = await connected(socketio)
+    await ws.send('451-["message",{"_placeholder":true,"num":3}]')
+    await ws.send(bytes([1]))
+    assert await ws.wait_closed(3.0) == []
+
+
+async def test_binary_attachments_over_long_polling(socketio: Client) -> None:
+    sid, _ = await socketio.open_polling()
+    assert await socketio.post(sid, "40") == (200, "ok")
+    packets = await socketio.get_messages(sid)
+    while len(packets) < 2:
+        packets += await socketio.get_messages(sid)
+    assert packets[1] == '42["auth",{}]'
+    body = f'452-["message",{P0},{P1}]\x1ebAQID\x1ebBAUG'
+    assert await socketio.post(sid, body) == (200, "ok")
+    packets = await socketio.get_messages(sid)
+    while len(packets) < 3:
+        packets += await socketio.get_messages(sid)
+    assert packets == [f'452-["message-back",{P0},{P1}]', "bAQID", "bBAUG"]

@@ -162,6 +162,62 @@ async def test_a_noop_post_does_not_end_a_waiting_poll() -> None:
         assert await asyncio.wait_for(poll, QUICK) == (200, "4wake")
 
 
+POST_READ_BUG = (
+    "engine.py _post reads the body with one request.content.read(limit + 1), which returns "
+    "only what has arrived so far: a body in several TCP segments is cut short"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=POST_READ_BUG)
+@pytest.mark.parametrize("size", [500_000, 1_000_000])
+async def test_a_large_polling_body_arrives_whole(size: int) -> None:
+    async with engine_server(max_payload=1_000_000) as s:
+        sid, _ = await s.client.open_polling()
+        body = "4" + "w" * (size - 1)
+        assert await s.client.post(sid, body) == (200, "ok")
+        assert await s.client.get_messages(sid) == [body]
+
+
+@pytest.mark.xfail(strict=True, reason=POST_READ_BUG)
+async def test_overlapping_posts_close_the_session() -> None:
+    async with engine_server() as s:
+        sid, _ = await s.client.open_polling()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield b"4slow"
+            await asyncio.sleep(0.5)
+            yield b"\x1e4end"
+
+        first = asyncio.ensure_future(s.client.post(sid, slow_body()))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        (status, _), took = await timed(s.client.post(sid, "4second"))
+        assert status == 400
+        assert took < QUICK
+        await asyncio.wait_for(first, QUICK + 1)
+        assert s.echo.reasons[sid] == "transport error"
+
+
+async def test_too_many_packets_in_one_post_close_the_session() -> None:
+    async with engine_server(max_poll_packets=100) as s:
+        sid, _ = await s.client.open_polling()
+        assert await s.client.post(sid, "\x1e".join(["6"] * 100)) == (200, "ok")
+        status, _ = await s.client.post(sid, "\x1e".join(["6"] * 101))
+        assert status == 400
+        assert s.echo.reasons[sid] == "parse error"
+
+
+async def test_a_polling_client_that_does_not_fetch_is_let_go() -> None:
+    async with engine_server(buffer_limit=10_000) as s:
+        sid, _ = await s.client.open_polling()
+        for _ in range(20):
+            status, _ = await s.client.post(sid, "4" + "q" * 999)
+            if status != 200:
+                break
+        assert s.echo.reasons.get(sid) == "too slow"
+        assert s.engine.slow_disconnects == 1
+        assert (await s.client.get(sid))[0] == 400
+
+
 # -- 2. the upgrade timeout -----------------------------------------------------------------------
 
 
@@ -677,6 +733,18 @@ async def test_a_missed_heartbeat_is_recoverable_and_ends_with_its_reason() -> N
         assert sid in s.sio.sockets and s.disconnects == {}  # held, not gone
         await eventually(lambda: sid in s.disconnects, WINDOW + 3)
         assert s.disconnects[sid][0] == "ping timeout"
+
+
+async def test_a_held_socket_that_misses_too_much_is_let_go() -> None:
+    async with socket_server(recovery_window=WINDOW) as s:
+        ws, sid, pid, last = await recoverable(s)
+        await lose(s, ws, sid)
+        for i in range(1000):
+            await s.sio.emit("tick", i, to=sid)
+        await eventually(lambda: sid in s.disconnects, QUICK)
+        assert s.disconnects[sid][0] == "transport close"
+        _, answer = await sio_connect(s.client, reconnect_payload(pid, last))
+        assert answer["sid"] != sid
 
 
 async def test_a_server_side_close_is_not_recoverable() -> None:
