@@ -29,8 +29,18 @@ REPLY_CALLS = frozenset(
         "_refuse",
         "_system",
         "_notice",
+        "reply_error",
+        "safe_error",
+        "refuse",
+        "system",
+        "notice",
         "broadcast_system",
         "system_message",
+        "refusal",
+        "chat_refused",
+        "muted",
+        "admin_error",
+        "admin_rate_limited",
         "to_sid",
         "to_space",
         "to_players",
@@ -55,7 +65,7 @@ KEYED_CALLS: dict[str, int] = {
 PLAYER_FIELDS = frozenset({"message", "content", "senderNickname", "senderName"})
 """Payload fields a player reads."""
 
-ALLOWED_LITERALS = {"ConnectionRefusedError"}
+ALLOWED_LITERALS = {"ConnectionRefusedError", "connect_refused"}
 """Refusals that must name a constant from :mod:`spacesync.protocol` (see there) instead."""
 
 KEY_RE = re.compile(r"[a-z][a-z_]*(\.[a-z_]+)+")

@@ -24,49 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
-from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from .. import protocol
 from ..domain.identity import Identity
+from ..fanout import Broadcaster
 from ..observability.logging import log
-from ..state.base import StoreUnavailable
+from ..state.base import StateStore, StoreUnavailable
 from ..state.live import LiveState, Recording, RedisLiveState, Spotlight, live_state_for
-from ..storage import UNSET, InvalidLink, MapObject, StorageError
+from ..storage import UNSET, InvalidLink, Storage, StorageError
 from ..storage.base import SenderType
+from ..texts import Catalog
+from . import payloads
+from .dispatch import Handler
 from .session import Session
-
-if TYPE_CHECKING:
-    from .events import Handler, SpaceServer
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def object_to_wire(obj: MapObject) -> dict[str, Any]:
-    """A ``MapObjectData`` as the original built it from the row (absent optional fields are
-    left out, as JSON drops ``undefined``)."""
-    data: dict[str, Any] = {
-        "id": obj.id,
-        "assetId": obj.asset_id,
-        "position": {"x": obj.position_x, "y": obj.position_y},
-        "rotation": obj.rotation,
-    }
-    if obj.linked_object_id:
-        data["linkedObjectId"] = obj.linked_object_id
-    if obj.custom_data is not None:
-        data["customData"] = obj.custom_data
-    data["placedBy"] = obj.placed_by
-    data["placedAt"] = iso_ms(obj.created_at)
-    return data
-
-
-def iso_ms(value: Any) -> str:
-    """``Date.toISOString()``: UTC with milliseconds and a ``Z``."""
-    moment = value.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _subject(identity: Identity) -> dict[str, str | None] | None:
@@ -86,15 +62,32 @@ def _placer(identity: Identity) -> tuple[str, SenderType]:
 
 
 class LiveEvents:
-    """The handlers of this module, bound to a :class:`SpaceServer` (its store, storage,
-    broadcaster and catalog)."""
+    """The handlers of this module. ``storage`` is asked for the storage at each use (the node
+    opens it after the handlers are built); ``refuse_muted`` is moderation's check."""
 
-    def __init__(self, server: SpaceServer, state: LiveState | None = None) -> None:
-        self.server = server
-        self.state = state if state is not None else live_state_for(server.store)
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        out: Broadcaster,
+        texts: Catalog,
+        storage: Callable[[], Storage | None],
+        refuse_muted: Callable[[Session, str], Awaitable[bool]],
+        state: LiveState | None = None,
+    ) -> None:
+        self.store = store
+        self.out = out
+        self.texts = texts
+        self._storage = storage
+        self._refuse_muted = refuse_muted
+        self.state = state if state is not None else live_state_for(store)
         if isinstance(self.state, RedisLiveState):
             self.state.listener = self
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def storage(self) -> Storage | None:
+        return self._storage()
 
     def routes(self) -> dict[str, Handler]:
         return {
@@ -111,8 +104,8 @@ class LiveEvents:
     # -- helpers -------------------------------------------------------------------------------
 
     async def _refuse(self, session: Session, channel: str, key: str, **params: Any) -> None:
-        message = self.server.texts.text(key, **params)
-        await self.server.out.to_sid(session.sid, channel, {"message": message})
+        message = self.texts.text(key, **params)
+        await self.out.to_sid(session.sid, channel, payloads.refusal(message))
 
     async def _denied(self, session: Session, event: str, channel: str, key: str) -> None:
         assert session.identity is not None
@@ -139,7 +132,7 @@ class LiveEvents:
     async def reaction_toggle(self, session: Session, payload: Any) -> None:
         request = protocol.parse_reaction(payload)
         space_id, me = self._joined(session)
-        if await self.server.moderation.refuse_muted(session, "reaction:error"):
+        if await self._refuse_muted(session, "reaction:error"):
             return  # a muted player says nothing to the space, reactions included
         outcome = await self.state.toggle_reaction(
             space_id, request.message_id, request.type, me.player_id
@@ -147,16 +140,10 @@ class LiveEvents:
         if outcome == "full":
             await self._refuse(session, "reaction:error", "error.reaction.full")
             return
-        await self.server.out.to_space(
+        await self.out.to_space(
             space_id,
             "reaction:updated",
-            {
-                "messageId": request.message_id,
-                "type": request.type,
-                "userId": me.player_id,
-                "userNickname": me.nickname,
-                "action": outcome,
-            },
+            payloads.reaction_updated(request.message_id, request.type, me, outcome),
             skip_sid=session.sid,
         )
 
@@ -180,7 +167,7 @@ class LiveEvents:
                 nickname=running.recorder_nickname,
             )
             return
-        await self.server.out.to_space(space_id, "recording:started", wanted.to_wire(True))
+        await self.out.to_space(space_id, "recording:started", wanted.to_wire(True))
         log.info("I5010", "Recording started", **session.context())
 
     async def recording_stop(self, session: Session, payload: Any) -> None:
@@ -199,7 +186,7 @@ class LiveEvents:
         if stopped is None:  # ended meanwhile, and announced by whoever ended it
             await self._refuse(session, "recording:error", "error.recording.not_recording")
             return
-        await self.server.out.to_space(space_id, "recording:stopped", stopped.to_wire(False))
+        await self.out.to_space(space_id, "recording:stopped", stopped.to_wire(False))
         log.info("I5011", "Recording stopped", recorderId=stopped.recorder_id, **session.context())
 
     # -- spotlight -----------------------------------------------------------------------------
@@ -207,7 +194,7 @@ class LiveEvents:
     async def spotlight_activate(self, session: Session, payload: Any) -> None:
         protocol.parse_no_fields(payload, "spotlight:activate")
         space_id, me = self._joined(session)
-        storage = self.server.storage
+        storage = self.storage
         subject = _subject(me)
         if storage is None or subject is None:
             await self._refuse(session, "spotlight:error", "error.spotlight.no_grant")
@@ -225,8 +212,8 @@ class LiveEvents:
             return
         spotlight = Spotlight(me.player_id, me.nickname)
         await self.state.activate_spotlight(space_id, spotlight)
-        await self.server.out.to_space(
-            space_id, "spotlight:activated", {**spotlight.to_wire(), "isActive": True}
+        await self.out.to_space(
+            space_id, "spotlight:activated", payloads.spotlight_changed(spotlight, True)
         )
         log.info("I5012", "Spotlight on", **session.context())
 
@@ -243,15 +230,15 @@ class LiveEvents:
     async def _spotlight_off(self, space_id: str, identity: Identity, gone: Spotlight) -> None:
         """Announce a spotlight switched off, then clear the grant's ``isActive`` in the
         background (the players are told at once; the flag is for the app's admin pages)."""
-        await self.server.out.to_space(
-            space_id, "spotlight:deactivated", {**gone.to_wire(), "isActive": False}
+        await self.out.to_space(
+            space_id, "spotlight:deactivated", payloads.spotlight_changed(gone, False)
         )
-        storage, subject = self.server.storage, _subject(identity)
+        storage, subject = self.storage, _subject(identity)
         if storage is not None and subject is not None:
             self._background(self._clear_active(space_id, subject))
 
     async def _clear_active(self, space_id: str, subject: dict[str, str | None]) -> None:
-        storage = self.server.storage
+        storage = self.storage
         if storage is None:
             return
         try:
@@ -269,9 +256,9 @@ class LiveEvents:
             return
         placed_by, kind = _placer(me)
         try:
-            if self.server.storage is None:
+            if self.storage is None:
                 raise StorageError("no storage")
-            obj = await self.server.storage.place_object(
+            obj = await self.storage.place_object(
                 space_id,
                 asset_id=request.asset_id,
                 x=request.x,
@@ -289,10 +276,10 @@ class LiveEvents:
             log.error("E4010", f"Placing an object failed: {exc}", **session.context())
             await self._refuse(session, "object:error", "error.object.place_failed")
             return
-        await self.server.out.to_space(
+        await self.out.to_space(
             space_id,
             "object:placed",
-            {"object": object_to_wire(obj), "placedByNickname": me.nickname},
+            payloads.object_placed(obj, me.nickname),
         )
 
     async def object_update(self, session: Session, payload: Any) -> None:
@@ -304,9 +291,9 @@ class LiveEvents:
             )
             return
         try:
-            if self.server.storage is None:
+            if self.storage is None:
                 raise StorageError("no storage")
-            obj = await self.server.storage.update_object(
+            obj = await self.storage.update_object(
                 space_id,
                 request.object_id,
                 position=request.position,
@@ -324,10 +311,10 @@ class LiveEvents:
         if obj is None:
             await self._refuse(session, "object:error", "error.object.absent")
             return
-        await self.server.out.to_space(
+        await self.out.to_space(
             space_id,
             "object:updated",
-            {"object": object_to_wire(obj), "updatedByNickname": me.nickname},
+            payloads.object_updated(obj, me.nickname),
         )
 
     async def object_delete(self, session: Session, payload: Any) -> None:
@@ -339,9 +326,9 @@ class LiveEvents:
             )
             return
         try:
-            if self.server.storage is None:
+            if self.storage is None:
                 raise StorageError("no storage")
-            deleted = await self.server.storage.delete_object(space_id, object_id)
+            deleted = await self.storage.delete_object(space_id, object_id)
         except StorageError as exc:
             log.error("E4010", f"Removing an object failed: {exc}", **session.context())
             await self._refuse(session, "object:error", "error.object.delete_failed")
@@ -349,10 +336,10 @@ class LiveEvents:
         if not deleted:
             await self._refuse(session, "object:error", "error.object.absent")
             return
-        await self.server.out.to_space(
+        await self.out.to_space(
             space_id,
             "object:deleted",
-            {"objectId": object_id, "deletedBy": me.player_id, "deletedByNickname": me.nickname},
+            payloads.object_deleted(object_id, me),
         )
 
     # -- joins and departures ------------------------------------------------------------------
@@ -369,7 +356,7 @@ class LiveEvents:
 
     async def _send_join_state(self, session: Session, space_id: str) -> None:
         assert session.identity is not None
-        out, storage = self.server.out, self.server.storage
+        out, storage = self.out, self.storage
         if storage is not None:
             try:
                 objects = await storage.list_objects(space_id)
@@ -377,8 +364,7 @@ class LiveEvents:
                 log.warn("E4010", f"Objects not synced at join: {exc}", **session.context())
                 objects = []
             if objects:
-                wire = [object_to_wire(obj) for obj in objects]
-                await out.to_sid(session.sid, "objects:sync", {"objects": wire})
+                await out.to_sid(session.sid, "objects:sync", payloads.objects_sync(objects))
         try:
             recording = await self._live_recording(space_id)
             spotlights = await self._live_spotlights(space_id)
@@ -386,10 +372,7 @@ class LiveEvents:
             recording, spotlights = None, []
         if recording is not None:
             await out.to_sid(session.sid, "recording:status", recording.to_wire(True))
-        status: dict[str, Any] = {
-            "activeSpotlights": [s.to_wire() for s in spotlights],
-            "hasGrant": False,
-        }
+        grant = None
         subject = _subject(session.identity)
         if storage is not None and subject is not None:
             try:
@@ -397,11 +380,10 @@ class LiveEvents:
             except StorageError as exc:
                 log.warn("E4010", f"Spotlight grant not read: {exc}", **session.context())
                 grant = None
-            if grant is not None:
-                status["hasGrant"] = True
-                status["grantId"] = grant.id
-                if grant.expires_at is not None:
-                    status["expiresAt"] = iso_ms(grant.expires_at)
+        if grant is None:
+            status = payloads.spotlight_status(spotlights)
+        else:
+            status = payloads.spotlight_status(spotlights, grant.id, grant.expires_at)
         await out.to_sid(session.sid, "spotlight:status", status)
 
     async def _live_recording(self, space_id: str) -> Recording | None:
@@ -410,11 +392,11 @@ class LiveEvents:
         recording = await self.state.recording(space_id)
         if recording is None:
             return None
-        if await self.server.store.player(space_id, recording.recorder_id) is not None:
+        if await self.store.player(space_id, recording.recorder_id) is not None:
             return recording
         stopped = await self.state.stop_recording(space_id, recording.recorder_id)
         if stopped is not None:
-            await self.server.out.to_space(space_id, "recording:stopped", stopped.to_wire(False))
+            await self.out.to_space(space_id, "recording:stopped", stopped.to_wire(False))
         return None
 
     async def _live_spotlights(self, space_id: str) -> list[Spotlight]:
@@ -422,7 +404,7 @@ class LiveEvents:
         spotlights = await self.state.spotlights(space_id)
         if not spotlights:
             return []
-        present = {p.id for p in await self.server.store.players(space_id)}
+        present = {p.id for p in await self.store.players(space_id)}
         kept = []
         for spotlight in spotlights:
             if spotlight.participant_id in present:
@@ -430,8 +412,8 @@ class LiveEvents:
                 continue
             gone = await self.state.deactivate_spotlight(space_id, spotlight.participant_id)
             if gone is not None:
-                await self.server.out.to_space(
-                    space_id, "spotlight:deactivated", {**gone.to_wire(), "isActive": False}
+                await self.out.to_space(
+                    space_id, "spotlight:deactivated", payloads.spotlight_changed(gone, False)
                 )
         return kept
 
@@ -442,7 +424,7 @@ class LiveEvents:
         joined meanwhile got no ``recording:status``: everyone gets it now (the same state for
         those who knew). An older recording it replaced, written back by another node from a
         stale copy, is told stopped first."""
-        out = self.server.out
+        out = self.out
         if displaced is not None:
             await out.to_space(space_id, "recording:stopped", displaced.to_wire(False))
         await out.to_space(space_id, "recording:status", recording.to_wire(True))
@@ -457,7 +439,7 @@ class LiveEvents:
         """This node's recorder's recording could not be written back: another one was
         started meanwhile (the newest wins). Its players are told it stopped, then which one
         runs, so the indicator stays on."""
-        out = self.server.out
+        out = self.out
         await out.to_space(space_id, "recording:stopped", recording.to_wire(False))
         await out.to_space(space_id, "recording:status", running.to_wire(True))
         log.warn(
@@ -470,7 +452,7 @@ class LiveEvents:
 
     async def recording_ended(self, space_id: str, recording: Recording) -> None:
         """The recorder left while Redis was away: told now, once it is back."""
-        await self.server.out.to_space(space_id, "recording:stopped", recording.to_wire(False))
+        await self.out.to_space(space_id, "recording:stopped", recording.to_wire(False))
         log.info(
             "I5011",
             "Recording stopped: the recorder left",
@@ -480,8 +462,8 @@ class LiveEvents:
 
     async def spotlight_ended(self, space_id: str, spotlight: Spotlight) -> None:
         """The spotlight holder left while Redis was away: told now, once it is back."""
-        await self.server.out.to_space(
-            space_id, "spotlight:deactivated", {**spotlight.to_wire(), "isActive": False}
+        await self.out.to_space(
+            space_id, "spotlight:deactivated", payloads.spotlight_changed(spotlight, False)
         )
 
     async def player_departed(self, space_id: str, identity: Identity) -> None:
@@ -492,9 +474,7 @@ class LiveEvents:
         try:
             stopped = await self.state.stop_recording(space_id, identity.player_id)
             if stopped is not None:
-                await self.server.out.to_space(
-                    space_id, "recording:stopped", stopped.to_wire(False)
-                )
+                await self.out.to_space(space_id, "recording:stopped", stopped.to_wire(False))
                 log.info(
                     "I5011",
                     "Recording stopped: the recorder left",

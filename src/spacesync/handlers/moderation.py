@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import socketio
-
 from .. import protocol
 from ..domain.chat import sanitize
 from ..domain.identity import Identity
@@ -36,13 +34,13 @@ from ..state.base import StateStore, StoreUnavailable
 from ..storage import Storage, StorageError
 from ..storage.base import ChatRestriction, Restriction, utc_now
 from ..texts import Catalog
+from . import payloads
+from .dispatch import Handler, SessionTable, SocketLink
 from .session import Session
 
 DB_TIMEOUT = 3.0
 """Seconds a moderation action waits for the database before going on without it: the action
 still takes effect on the live sockets, and the moderator is told it was not saved."""
-
-Handler = Callable[[Session, Any], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +82,16 @@ class Moderation:
     def __init__(
         self,
         *,
-        sio: socketio.AsyncServer,
+        link: SocketLink,
         out: Broadcaster,
         store: StateStore,
         texts: Catalog,
-        sessions: dict[str, Session],
+        sessions: SessionTable,
         storage: Callable[[], Storage | None],
         notice: Callable[[str], dict[str, Any]],
         refuse: Callable[[Session, str, str], Awaitable[None]],
     ) -> None:
-        self.sio = sio
+        self.link = link
         self.out = out
         self.store = store
         self.texts = texts
@@ -150,15 +148,15 @@ class Moderation:
             self._set_mute(session, None)
             return False
         seconds = mute.remaining_seconds(now)
-        payload: dict[str, Any] = {"code": "MUTED"}
-        if action is not None:
-            payload["action"] = action
         if seconds is None:
-            payload["message"] = self.texts.text("error.muted")
+            payload = payloads.muted(self.texts.text("error.muted"), action=action)
         else:
-            payload["message"] = self.texts.text("error.muted_for", seconds=seconds)
-            payload["retryAfter"] = seconds
-            payload["mutedUntil"] = mute.iso_until()
+            payload = payloads.muted(
+                self.texts.text("error.muted_for", seconds=seconds),
+                action=action,
+                retry_after=seconds,
+                muted_until=mute.iso_until(),
+            )
         await self.out.to_sid(session.sid, channel, payload)
         return True
 
@@ -190,7 +188,7 @@ class Moderation:
                 "notice.muted_for", moderator=moderator, nickname=nickname, minutes=request.minutes
             )
         await self._system(space_id, self.texts.with_reason(text, request.reason))
-        data = _member_payload(
+        data = payloads.member_action(
             target,
             actor,
             "muted",
@@ -198,7 +196,7 @@ class Moderation:
             reason=request.reason,
             mutedUntil=mute.iso_until(),
         )
-        await self.out.to_space(space_id, "member:muted", _present(data))
+        await self.out.to_space(space_id, "member:muted", data)
         self._log_event(
             space_id,
             "MEMBER_MUTED",
@@ -229,7 +227,7 @@ class Moderation:
         await self._system(
             space_id, self.texts.text("notice.unmuted", moderator=moderator, nickname=nickname)
         )
-        data = _member_payload(target, actor, "unmuted")
+        data = payloads.member_action(target, actor, "unmuted")
         await self.out.to_space(space_id, "member:unmuted", data)
         self._log_event(space_id, "MEMBER_UNMUTED", target, {"unmutedBy": _by(actor)})
         if not saved:
@@ -254,8 +252,10 @@ class Moderation:
         key = "notice.banned" if request.ban else "notice.kicked"
         text = self.texts.text(key, moderator=moderator, nickname=nickname)
         await self._system(space_id, self.texts.with_reason(text, request.reason))
-        data = _member_payload(target, actor, "kicked", reason=request.reason, banned=request.ban)
-        await self.out.to_space(space_id, "member:kicked", _present(data))
+        data = payloads.member_action(
+            target, actor, "kicked", reason=request.reason, banned=request.ban
+        )
+        await self.out.to_space(space_id, "member:kicked", data)
         await self._signal(space_id, {"t": "kick", "p": target.player_id, "ban": request.ban})
         self._log_event(
             space_id,
@@ -291,7 +291,7 @@ class Moderation:
         await self._system(
             space_id, self.texts.text("notice.unbanned", moderator=moderator, nickname=nickname)
         )
-        data = _member_payload(target, actor, "unbanned")
+        data = payloads.member_action(target, actor, "unbanned")
         await self.out.to_space(space_id, "member:unbanned", data)
 
     # -- admin:deleteMessage / admin:announce ------------------------------------------------------
@@ -330,11 +330,7 @@ class Moderation:
                 "originalSenderId": message.sender_id,
             },
         )
-        data = {
-            "messageId": message_id,
-            "deletedBy": actor.player_id,
-            "deletedByNickname": actor.nickname,
-        }
+        data = payloads.message_deleted(message_id, actor)
         await self.out.to_space(space_id, "chat:messageDeleted", data)
 
     async def announce(self, session: Session, payload: Any) -> None:
@@ -351,23 +347,14 @@ class Moderation:
             return
         decision = await self.store.allow_chat(actor.player_id, content, time.time())
         if not decision.allowed:
-            reply: dict[str, Any] = {"action": "announce", "code": "RATE_LIMITED"}
             if decision.refusal is not None:
-                reply["message"] = self.texts.render(decision.refusal)
+                message = self.texts.render(decision.refusal)
             else:
-                reply["message"] = self.texts.text("error.rate_limited.announce", seconds=1)
-            if decision.retry_after:
-                reply["retryAfter"] = decision.retry_after
+                message = self.texts.text("error.rate_limited.announce", seconds=1)
+            reply = payloads.admin_rate_limited(message, decision.retry_after)
             await self.out.to_sid(session.sid, "admin:error", reply)
             return
-        now_ms = int(time.time() * 1000)
-        data = {
-            "id": f"announce-{now_ms}",
-            "content": text,
-            "senderId": actor.player_id,
-            "senderNickname": actor.nickname,
-            "timestamp": now_ms,
-        }
+        data = payloads.announcement(text, actor, int(time.time() * 1000))
         await self.out.to_space(_space(session), "space:announcement", data)
 
     # -- signals between nodes -----------------------------------------------------------------
@@ -408,10 +395,10 @@ class Moderation:
         client does not reconnect after a disconnect by the server."""
         session.closing_reason = "kicked"
         key, code = ("error.kicked.banned", "BANNED") if banned else ("error.kicked", "KICKED")
-        await self.out.to_sid(session.sid, "error", {"message": self.texts.text(key), "code": code})
+        await self.out.to_sid(session.sid, "error", payloads.error(self.texts.text(key), code))
         self.out.write_out()  # the error goes before the disconnect
         log.info("I3011", "Player kicked", banned=banned, **session.context())
-        await self.sio.disconnect(session.sid)
+        await self.link.disconnect(session.sid)
 
     # -- mutes on sockets ----------------------------------------------------------------------
 
@@ -437,13 +424,7 @@ class Moderation:
         self._spawn(self._tell_lapsed(session.space_id, session.sid, session.identity))
 
     async def _tell_lapsed(self, space_id: str, sid: str, identity: Identity) -> None:
-        sender = self.texts.system_sender()
-        data = {
-            "memberId": identity.player_id,
-            "nickname": identity.nickname,
-            "unmutedBy": "system",
-            "unmutedByNickname": sender,
-        }
+        data = payloads.mute_lapsed(identity, self.texts.system_sender())
         await self.out.to_space(space_id, "member:unmuted", data)
         text = self.texts.text("notice.mute_ended", nickname=sanitize(identity.nickname))
         await self.out.to_sid(sid, "chat:system", self._notice(text))
@@ -672,10 +653,10 @@ class Moderation:
     ) -> None:
         """``admin:error {action, message}`` as the original sends it, with a ``code`` when one
         helps the client tell refusals apart."""
-        data: dict[str, Any] = {"action": action, "message": self.texts.text(key, **params)}
-        if code is not None:
-            data["code"] = code
-        await self.out.to_sid(session.sid, "admin:error", data)
+        message = self.texts.text(key, **params)
+        await self.out.to_sid(
+            session.sid, "admin:error", payloads.admin_error(action, message, code)
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -702,15 +683,3 @@ def _of(identity: Identity) -> Target:
 def _present(data: dict[str, Any]) -> dict[str, Any]:
     """Without the fields that are ``None``: the original leaves them ``undefined``."""
     return {k: v for k, v in data.items() if v is not None}
-
-
-def _member_payload(target: Any, actor: Any, verb: str, **extra: Any) -> dict[str, Any]:
-    """The ``member:<verb>`` payload: who was acted on and by whom (``<verb>By`` is the
-    moderator's player id, ``<verb>ByNickname`` their nickname), plus the event's own fields."""
-    return {
-        "memberId": target.member_id,
-        "nickname": target.nickname,
-        f"{verb}By": actor.player_id,
-        f"{verb}ByNickname": actor.nickname,
-        **extra,
-    }
