@@ -162,13 +162,6 @@ async def test_a_noop_post_does_not_end_a_waiting_poll() -> None:
         assert await asyncio.wait_for(poll, QUICK) == (200, "4wake")
 
 
-POST_READ_BUG = (
-    "engine.py _post reads the body with one request.content.read(limit + 1), which returns "
-    "only what has arrived so far: a body in several TCP segments is cut short"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=POST_READ_BUG)
 @pytest.mark.parametrize("size", [500_000, 1_000_000])
 async def test_a_large_polling_body_arrives_whole(size: int) -> None:
     async with engine_server(max_payload=1_000_000) as s:
@@ -178,7 +171,6 @@ async def test_a_large_polling_body_arrives_whole(size: int) -> None:
         assert await s.client.get_messages(sid) == [body]
 
 
-@pytest.mark.xfail(strict=True, reason=POST_READ_BUG)
 async def test_overlapping_posts_close_the_session() -> None:
     async with engine_server() as s:
         sid, _ = await s.client.open_polling()
@@ -363,11 +355,6 @@ async def test_binary_websocket_message_over_max_payload_closes_the_connection()
         assert await ws.wait_closed(QUICK + 1) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py gives aiohttp max_msg_size=max_payload, and aiohttp refuses a message of "
-    "exactly max_msg_size bytes: it needs max_payload + 1",
-)
 @pytest.mark.parametrize("message", ["4" + "z" * 999, b"\x02" * 1000], ids=["text", "binary"])
 async def test_websocket_message_of_exactly_max_payload_is_accepted(message: str | bytes) -> None:
     # maxPayload is the largest message a client may send, as a long-polling body of exactly

@@ -542,7 +542,12 @@ class EngineServer:
             )
         conn._posting = True
         try:
-            body = await request.content.read(limit + 1)
+            body = bytearray()
+            while len(body) <= limit:
+                chunk = await request.content.read(limit + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
             if len(body) > limit:
                 conn.close(TRANSPORT_ERROR, graceful=False)
                 return web.json_response(
@@ -604,7 +609,7 @@ class EngineServer:
                 return ws
             upgrading.upgrading = True  # claimed before the first await: one upgrade at a time
         ws = web.WebSocketResponse(
-            compress=False, max_msg_size=self.options.max_payload, autoping=True
+            compress=False, max_msg_size=self.options.max_payload + 1, autoping=True
         )
         try:
             await ws.prepare(request)
