@@ -415,6 +415,9 @@ class JsClient:
         self.options = options
         self.sid: str | None = None
         self.transport: str | None = None
+        self.recovered = False
+        """Whether the server resumed the previous session at the last connect (connection
+        state recovery)."""
         self._cursors: dict[str, int] = {}
         self._connect_cursor = 0
         self._created = False
@@ -442,9 +445,23 @@ class JsClient:
             raise TimeoutError(f"{self.id}: no connect within {timeout}s")
         if message["type"] == "connect_error":
             raise ConnectRefused(str(message.get("message")), message.get("data"))
+        self._connected(message)
+        return str(self.sid)
+
+    async def wait_reconnect(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Wait until the client, created with ``reconnection=True``, has connected again by
+        itself after losing its connection; returns the socket id (``recovered`` tells whether
+        the server resumed the session). Failed attempts in between are not errors."""
+        message = await self._next_status({"connect"}, timeout)
+        if message is None:
+            raise AssertionError(f"{self.id}: not connected again within {timeout}s")
+        self._connected(message)
+        return str(self.sid)
+
+    def _connected(self, message: Message) -> None:
         self.sid = message.get("sid")
         self.transport = message.get("transport")
-        return str(self.sid)
+        self.recovered = bool(message.get("recovered"))
 
     async def connect_expect_error(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Open the socket expecting a refusal; returns ``{message, data, description}``."""
