@@ -23,7 +23,8 @@ from support.standins import AppStandIn, RecordedRequest
 
 ServerFactory = Callable[..., ServerProcess]
 
-TRANSPORTS = ["websocket", "polling"]
+TRANSPORTS = ["websocket", "polling", "upgraded"]
+"""``upgraded``: the client's default, long-polling first, then upgraded to WebSocket."""
 WINDOW = "30"
 # The client's own reconnection delay: long enough for the others to act while it is away.
 RECONNECT_DELAY_MS = 2000
@@ -61,11 +62,19 @@ async def guest(
             "reconnectionDelayMax": RECONNECT_DELAY_MS,
             "randomizationFactor": 0,
         }
-    client = bridge.client(server.url, transports=[transport], **options)
+    transports = ["polling", "websocket"] if transport == "upgraded" else [transport]
+    client = bridge.client(server.url, transports=transports, **options)
     await client.connect(EVENT_TIMEOUT)
     await client.join(space, nickname, session_token=token, timeout=EVENT_TIMEOUT)
     await client.wait_for("proximity:status", timeout=EVENT_TIMEOUT)  # the end of its join
     return client
+
+
+async def until_upgraded(client: JsClient) -> None:
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while (await client.state())["transport"] != "websocket":
+        assert time.monotonic() < deadline, f"{client.id}: not upgraded to WebSocket"
+        await asyncio.sleep(0.05)
 
 
 def exit_calls(app: AppStandIn, space: str, token: str) -> list[RecordedRequest]:
@@ -163,6 +172,8 @@ async def test_a_cut_link_is_resumed_and_nobody_notices(
     await bob.wait_for("chat:system", is_line("Ann joined"), EVENT_TIMEOUT)
     first_sid = ann.sid
     assert first_sid and not ann.recovered
+    if transport == "upgraded":
+        await until_upgraded(ann)
     bob_mark = len(bob.log())
 
     await ann.drop_transport()
