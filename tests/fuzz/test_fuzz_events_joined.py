@@ -67,8 +67,10 @@ def test_fuzzed_event_from_a_joined_player(arena: Arena, event: str, data: st.Da
 @fuzz_settings(EXAMPLES)
 @given(data=st.data())
 def test_fuzzed_unknown_events_from_a_joined_player(arena: Arena, data: st.DataObject) -> None:
-    """SPEC §4: unknown event names (other strings, reserved Socket.IO names, server event
-    names, odd characters) are ignored without a reply; names that are not strings are a
-    malformed packet (one ``error``); either way nothing changes."""
+    """SPEC §4: unknown event names (other strings, server event names, odd characters) are
+    ignored without a reply; a number as name is answered with one ``error``; the protocol's
+    own names (``connect``, ``disconnect``, ``connect_error``) and names that are neither
+    strings nor numbers are not valid Socket.IO and close the connection unanswered (the player
+    then comes back on a new one); either way nothing else changes."""
     messages = data.draw(batches(unknown_messages(), BATCH), label="batch")
     run(arena, joined_example(arena, messages))

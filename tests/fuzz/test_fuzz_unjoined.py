@@ -8,10 +8,12 @@ raise, stall, or disconnect anyone), §3 (input limits), §10 (``/health``, ``/p
 
 Each example sends one batch from a fresh socket: generated messages for every event except a
 valid join (every ``join:space`` here breaks the SPEC for sure), unknown and non-string event
-names, deep nesting, huge numbers, unicode edge cases, and now and then a binary value, which
-must close the connection (the socket then connects again). Then (see
-``support.fuzzing.unjoined_example``): the socket is still connected; it received nothing but one
-``error`` per bad join or non-string event name and at most one ``proximity:error`` per
+names, deep nesting, huge numbers, unicode edge cases, and now and then a binary value. A binary
+value, an event name of the protocol's own (``connect``, ``disconnect``, ``connect_error``) and
+one that is neither a string nor a number are not valid input for Socket.IO: they must close the
+connection unanswered (the socket then connects again). Then (see
+``support.fuzzing.unjoined_example``): the socket is still connected; it received nothing but
+one ``error`` per bad join or number as event name and at most one ``proximity:error`` per
 ``proximity:set``; the players of the space heard nothing; the socket can still join, after which
 the roster, ``/presence`` and a probe player's messages are as they should be and nothing leaks
 once it leaves.

@@ -15,9 +15,13 @@ Building blocks for ``tests/fuzz``:
 - :class:`Arena`: a space with a passive *bystander* and a well-behaved *probe*, rebuilt when an
   example leaves it in doubt, plus the checks that close every example (server healthy, fuzzing
   sockets still served, bystander undisturbed, no state corrupted, logs clean).
+- :func:`message_fate`: what the server does with a message under the Socket.IO protocol: a
+  packet that is not valid Socket.IO (or binary input) closes the connection unanswered, one
+  for another namespace or an acknowledgement of nothing is ignored, a DISCONNECT makes the
+  socket leave, an event is handled.
 - :class:`ReplyOracle`: how many error replies a batch may get, knowing the documented rate
   limits (one ``RATE_LIMITED`` answer per limit and window, later excess refused silently) and
-  that binary input closes its connection unanswered (the sender then comes back on a new one).
+  which messages close their connection unanswered (the sender then comes back on a new one).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 import socketio
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -292,6 +297,27 @@ class FuzzClient:
                 f"{self.name} lost its connection ({self.disconnect_reason}): {exc!r}"
             ) from None
 
+    async def sync_or_closed(self, timeout: float = 10.0) -> bool:
+        """After input that may close this connection: True once the server has closed it,
+        False once it has answered a sync (it kept the connection)."""
+        synced = asyncio.ensure_future(self.sync(timeout))
+        closed = asyncio.ensure_future(self.wait_closed(timeout))
+        try:
+            done, _ = await asyncio.wait({synced, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            synced.cancel()
+            closed.cancel()
+        if closed in done and not closed.cancelled() and closed.result():
+            return True
+        if synced in done and not synced.cancelled() and synced.exception() is None:
+            return False
+        if await self.wait_closed(5.0):
+            return True
+        raise AssertionError(
+            f"{self.name}: neither answered nor closed within {timeout}s "
+            f"(connected={self.connected}, disconnect reason={self.disconnect_reason})"
+        )
+
     def since(self, index: int) -> list[Received]:
         return self.events[index:]
 
@@ -454,7 +480,6 @@ class Message:
     args: tuple[Any, ...] = ()
     raw: tuple[str | bytes, ...] = ()
     sender: int = 0  # which fuzzing client sends it
-    malformed: bool = False  # a raw packet that cannot be decoded
 
     def __repr__(self) -> str:
         who = f" from #{self.sender}" if self.sender else ""
@@ -653,6 +678,16 @@ ODD_NUMBERS = [
 ODD_PACKETS = [
     *("", "4", "4{}", "6", "7", "9[]", "x", "-1", "0/admin,", "0/admin,{}", "1/admin,"),
     *('2/admin,["x"]', '2["x"', "2" + "[" * 64),
+    # CONNECT again, or with data that is not an object; DISCONNECT (with data: invalid)
+    *("0", "0{}", '0{"token":1}', "0[]", '0"auth"', "0/admin,[]", "1", "1/,", "1{}", "1[]"),
+    *('4/admin,{"message":"x"}', "3", "3[]", "31", '3/admin,1["x"]'),
+    # event names: the protocol's own, numbers, neither strings nor numbers
+    *('2["connect"]', '2["disconnect"]', '2["connect_error",{}]', '2["disconnecting"]'),
+    *('2["newListener","x"]', '2["removeListener"]', "2[1]", '2[1.5,{"content":"x"}]'),
+    *("2[-0]", "2[NaN]", "2[true]", "2[null]", "2[{}]", '2[["x"]]', "2/admin,{}", "2/admin,[]"),
+    # acknowledgement ids
+    *('2999999999999999["no:such:event"]', '2123456789012345["x"]', '21234567890123456["x"]'),
+    *('2/admin,5["x"]', '2 ["x"]', '2["x"] ', '2["x"]]', '2["x"],'),
 ]
 ID_CHARS = string.ascii_letters + string.digits + "_.:@-"
 _PRINTABLE = string.printable
@@ -1074,7 +1109,7 @@ class Gen:
         if kind == 0:  # truncated JSON
             full = f"2[{name},{_json(self.container())}]"
             cut = r.randrange(2, max(3, len(full)))
-            return Message(raw=(full[:cut],), malformed=cut < len(full))
+            return Message(raw=(full[:cut],))
         if kind == 1:  # number literals JSON does not have, or that overflow
             literal = r.choice(ODD_NUMBERS)
             key = r.choice(["x", "y", "content", "enabled", "name", "partyId"])
@@ -1096,7 +1131,7 @@ class Gen:
             return Message(raw=(f"3{ack}{_json([self.hostile()])}",))
         if kind == 6:  # packet types that are not events, or not packets
             text = r.choice(ODD_PACKETS)
-            return Message(raw=(text,), malformed=text.startswith("2["))
+            return Message(raw=(text,))
         if kind == 7:  # binary events whose placeholders do not match the attachments
             count = r.randrange(1, 3)
             placeholders = json.dumps([self.placeholder() for _ in range(r.randrange(1, 4))])
@@ -1319,11 +1354,179 @@ def contains_placeholder(value: Any) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------------------------
+# What the server does with a packet: the Socket.IO v5 protocol, as its reference server does
+# (README "Security"). A packet that is not valid Socket.IO closes the sender's connection
+# unanswered; a valid one for a namespace the socket is not connected to is ignored.
+
+CLOSE = "close"
+"""The connection is closed unanswered (E3001, ``abuse.malformedPacket`` or ``binaryPacket``)."""
+IGNORED = "ignored"
+"""Nothing on the error channels: an ack of nothing, another namespace, a repeated CONNECT."""
+LEAVE = "leave"
+"""A DISCONNECT of the main namespace: the socket leaves, its connection stays open, unanswered."""
+EVENT = "event"
+"""An event of the main namespace, handled as such."""
+MAYBE_CLOSE = "event or close"
+"""Closed or handled as an event, depending on how deep the decoder can recurse (see
+:func:`json_verdict`)."""
+
+PROTOCOL_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+"""Event names a client may not send: the protocol's own."""
+SERVER_NAMESPACES = frozenset({"/"})
+MAX_ACK_DIGITS = 15
+"""An acknowledgement id of more digits is not a packet of the protocol."""
+FALLBACK_SURE_DEPTH = 800
+FALLBACK_MAX_DEPTH = 1000
+
+
+@dataclass(frozen=True)
+class Fate:
+    what: str
+    event: Any = None
+    """The event name, for :data:`EVENT` and :data:`MAYBE_CLOSE`."""
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _nesting(text: str) -> int:
+    """How deeply the arrays and objects of JSON text nest (brackets inside strings apart)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+_UNREAD: Any = object()
+
+
+def json_verdict(text: str) -> tuple[bool | None, Any]:
+    """Whether the server reads ``text`` as JSON, and the value. The server's decoder is orjson,
+    then Python's json for what orjson refuses: ``NaN``, ``Infinity``, numbers beyond a double
+    (integers up to the 4,300 digits CPython converts by default), and nesting deeper than
+    orjson's 1,024 levels; text that decodes to lone surrogates is refused. orjson answers the
+    same here as in the server (the same package); Python's json does not, for depth: it recurses
+    within the server's recursion limit (CPython's default of 1,000, less what the server's own
+    frames use), while this process raises its limit. So text only the fallback reads counts as
+    read up to :data:`FALLBACK_SURE_DEPTH` levels, as refused beyond :data:`FALLBACK_MAX_DEPTH`,
+    and in between the verdict is None: either outcome is right."""
+    try:
+        return True, orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    depth = _nesting(text)
+    if depth > FALLBACK_MAX_DEPTH:
+        return False, _UNREAD
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return False, _UNREAD
+    if _has_lone_surrogate(value):
+        return False, _UNREAD
+    return (True if depth <= FALLBACK_SURE_DEPTH else None), value
+
+
+def _is_event_name(value: Any) -> bool:
+    """A string that is not the protocol's own, or a number (which the server answers with
+    ``error {code: "INVALID_PAYLOAD"}``, an event name being a string)."""
+    if isinstance(value, str):
+        return value not in PROTOCOL_EVENTS
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def packet_fate(text: str) -> Fate:
+    """What the server does with the text of an Engine.IO message (a Socket.IO packet): type
+    digit, optional ``/namespace,``, optional acknowledgement id (ASCII digits), JSON data."""
+    if not text or text[0] not in "0123":
+        # not a packet type; 4: CONNECT_ERROR, which only a server sends; 5, 6: binary
+        return Fate(CLOSE)
+    kind, i, n = text[0], 1, len(text)
+    namespace = "/"
+    if text.startswith("/", i):
+        comma = text.find(",", i)
+        namespace, i = (text[i:], n) if comma < 0 else (text[i:comma], comma + 1)
+    start = i
+    while i < n and text[i] in string.digits:
+        i += 1
+    if i - start > MAX_ACK_DIGITS:
+        return Fate(CLOSE)
+    has_id = i > start
+    verdict: bool | None = True
+    value = _UNREAD
+    if i < n:
+        verdict, value = json_verdict(text[i:])
+        if verdict is False:
+            return Fate(CLOSE)
+    fate = _valid_packet_fate(kind, namespace, has_id, value)
+    if verdict is None and fate.what != CLOSE:
+        return Fate(MAYBE_CLOSE, fate.event)
+    return fate
+
+
+def _valid_packet_fate(kind: str, namespace: str, has_id: bool, value: Any) -> Fate:
+    """The fate of a packet whose data (``_UNREAD`` if none) decoded."""
+    if kind == "0":  # CONNECT: an object or nothing
+        if value is not _UNREAD and not isinstance(value, dict):
+            return Fate(CLOSE)
+        # "/" again: ignored; an unknown namespace: CONNECT_ERROR, not an error channel
+        return Fate(IGNORED)
+    if kind == "1":  # DISCONNECT: no data
+        if value is not _UNREAD:
+            return Fate(CLOSE)
+        return Fate(LEAVE if namespace == "/" else IGNORED)
+    if kind == "2":  # EVENT: a non-empty list that starts with an event name
+        if not isinstance(value, list) or not value or not _is_event_name(value[0]):
+            return Fate(CLOSE)
+        return Fate(EVENT, value[0]) if namespace in SERVER_NAMESPACES else Fate(IGNORED)
+    # ACK: an id and a list; the server asks clients for none, so it acknowledges nothing
+    if not has_id or not isinstance(value, list):
+        return Fate(CLOSE)
+    return Fate(IGNORED)
+
+
+def message_fate(message: Message) -> Fate:
+    """What the server does with ``message``: binary input (a binary value anywhere in an
+    event, which python-socketio sends as a binary packet; a raw packet of type 5 or 6; a binary
+    Engine.IO message) closes the connection, as does a packet that is not valid Socket.IO. A
+    raw message of several parts meets the fate of the first that ends the socket."""
+    if message.raw:
+        fates = [Fate(CLOSE) if isinstance(p, bytes) else packet_fate(p) for p in message.raw]
+        return next((f for f in fates if f.what in (CLOSE, LEAVE, MAYBE_CLOSE)), fates[0])
+    if contains_bytes([message.event, *message.args]):
+        return Fate(CLOSE)
+    try:
+        data = resolve([message.event, *message.args], lambda ref: "ref")
+        encoded = sio_packet.Packet(sio_packet.EVENT, data=data).encode()
+    except (ValueError, TypeError, RecursionError, OverflowError):
+        return Fate(IGNORED)  # never sent (see encoded_parts)
+    assert isinstance(encoded, str), encoded
+    return packet_fate(encoded)
+
+
 def closes_connection(message: Message) -> bool:
-    """Whether ``message`` is binary input, which closes its connection unanswered: an event
-    with a binary value anywhere (python-socketio sends it as a binary packet, type 5), a raw
-    packet of type 5 or 6 (binary event or acknowledgement, whatever it announces), or a binary
-    Engine.IO message. No event takes binary data."""
+    """Whether ``message`` surely closes its connection unanswered (see :func:`message_fate`)."""
+    return message_fate(message).what == CLOSE
+
+
+def is_binary(message: Message) -> bool:
     if message.raw:
         return any(isinstance(p, bytes) or p.startswith(("5", "6")) for p in message.raw)
     return contains_bytes([message.event, *message.args])
@@ -1400,30 +1603,32 @@ class Expectation:
 def expected_errors(message: Message, *, joined: bool) -> Expectation:
     """Bounds from SPEC §4 and §8, without knowing which payloads the server finds valid.
 
-    A joined sender gets at most one error reply per message. Sure to get one: a payload with a
-    binary attachment, extra positional arguments, or a non-object payload for an event that
-    takes an object. Before joining, only ``join:space`` and ``proximity:set`` are answered.
-    Unknown string event names are never answered; event names that are not strings are a
-    malformed packet (one ``error``). A raw message gets at most one reply. Binary input closes
-    the connection and gets none. (Rate limits: see :class:`ReplyOracle`.)
+    A joined sender gets at most one error reply per message. Sure to get one: extra positional
+    arguments, or a non-object payload for an event that takes an object. Before joining, only
+    ``join:space`` and ``proximity:set`` are answered. Unknown string event names are never
+    answered; a number as event name gets one ``error`` (INVALID_PAYLOAD). Input that closes
+    the connection (binary input, a packet that is not valid Socket.IO: an event name that is
+    neither a string nor a number, or one of the protocol's own) gets none, and so do packets
+    the server ignores and a DISCONNECT. A raw event gets at most one reply. (Rate limits: see
+    :class:`ReplyOracle`.)
     """
-    if closes_connection(message):
+    fate = message_fate(message)
+    if fate.what in (CLOSE, LEAVE, IGNORED):
         return Expectation(0, 0)
-    if message.raw:
-        return Expectation(1 if message.malformed else 0, 1)
-    may_be_malformed = contains_placeholder(message.args) and contains_bytes(message.args)
-    if not isinstance(message.event, str):
+    if fate.what == MAYBE_CLOSE:
+        return Expectation(0, 1)
+    if not isinstance(fate.event, str):
         return Expectation(1, 1)
+    if message.raw:
+        return Expectation(0, 1)
     if message.event not in CLIENT_EVENTS:
-        return Expectation(0, 1 if may_be_malformed else 0)
+        return Expectation(0, 0)
     if not joined and message.event not in ("join:space", "proximity:set"):
-        return Expectation(0, 1 if may_be_malformed else 0)
+        return Expectation(0, 0)
     if not joined:
         return Expectation(1, 1)  # proximity:set: "Join a space first"; join:space: see caller
-    surely_bad = (
-        contains_bytes(message.args)
-        or len(message.args) > 1
-        or (message.event in OBJECT_PAYLOAD_EVENTS and not _is_object(message.args))
+    surely_bad = len(message.args) > 1 or (
+        message.event in OBJECT_PAYLOAD_EVENTS and not _is_object(message.args)
     )
     return Expectation(1 if surely_bad else 0, 1)
 
@@ -1861,9 +2066,11 @@ class Outcome:
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
     closed: int = 0
-    """Connections closed by binary input, as they must be."""
+    """Connections closed by binary input or invalid packets, as they must be."""
+    left: int = 0
+    """Sockets that left the main namespace (a DISCONNECT packet)."""
     stayed_open: list[str] = field(default_factory=list)
-    """Binary input after which the connection stayed open."""
+    """Input after which the connection should have been closed but stayed open."""
     rate_disconnects: list[str] = field(default_factory=list)
     """Senders disconnected for sustained excess (``RATE_LIMITED``), then reconnected."""
 
@@ -1888,7 +2095,7 @@ class Arena:
         self.last_probe_jump = 0.0
         self.clients: list[FuzzClient] = []
         self.payloads_sent: dict[str, int] = {}
-        self.closed_by_binary = 0
+        self.closed_by_input = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -2021,11 +2228,14 @@ class Arena:
         replies; returns those sent. A message the client cannot encode, or one over the budget,
         is skipped. ``other`` refers to the next client of ``everyone``.
 
-        Binary input must close its connection: the sender waits for that, then (``after_close``)
-        reconnects and joins the arena's space again under a new player id (``"rejoin"``: a new
-        id, because one player may join only 20 times a minute), reconnects only
-        (``"reconnect"``), or stops (``"stop"``). A sender disconnected for sustained excess
-        (``RATE_LIMITED``, documented) comes back the same way."""
+        Binary input and packets that are not valid Socket.IO must close their connection: the
+        sender waits for that, then (``after_close``) reconnects and joins the arena's space
+        again under a new player id (``"rejoin"``: a new id, because one player may join only 20
+        times a minute), reconnects only (``"reconnect"``), or stops (``"stop"``). After a
+        DISCONNECT of the main namespace (the socket left, its connection stays open), and a
+        packet the server may close for or handle (see :func:`json_verdict`) that it closed
+        for, the sender comes back the same way; so does a sender disconnected for sustained
+        excess (``RATE_LIMITED``, documented)."""
         sent: list[Message] = []
         for message in messages:
             sender = active[message.sender % len(active)]
@@ -2041,18 +2251,22 @@ class Arena:
                     break
                 outcome.rate_disconnects.append(sender.name)
                 await self.come_back(sender, after_close)
-            if closes_connection(message):
+            fate = message_fate(message).what
+            if fate in (CLOSE, LEAVE, MAYBE_CLOSE):
                 # Every reply due so far is in first: the server closes at once, and a close
                 # with input still unread resets the connection, which can discard what the
-                # client's kernel had received but not yet handed over.
+                # client's kernel had received but not yet handed over (and a client that
+                # comes back records nothing more of its old connection).
                 await sender.sync()
             if message.raw:
                 for part in message.raw:
                     await sender.send_raw(part)
             else:
                 await sender.emit_args(message.event, resolve(list(message.args), refs))
-            if closes_connection(message):
-                key = "<binary input>"
+            if fate == CLOSE:
+                key = "<binary input>" if is_binary(message) else "<invalid packet>"
+            elif fate == LEAVE:
+                key = "<namespace disconnect>"
             elif message.raw:
                 key = "<raw packet>"
             elif not isinstance(message.event, str):
@@ -2064,15 +2278,23 @@ class Arena:
             self.payloads_sent[key] = self.payloads_sent.get(key, 0) + 1
             sent.append(message)
             outcome.sent += 1
-            if closes_connection(message):
+            if fate == CLOSE:
                 if not await sender.wait_closed(5.0):
                     outcome.stayed_open.append(f"{sender.name} after {message!r}")
                     break
+            elif fate == MAYBE_CLOSE:
+                if not await sender.sync_or_closed():
+                    continue
+            elif fate != LEAVE:
+                continue
+            if fate == LEAVE:
+                outcome.left += 1
+            else:
                 outcome.closed += 1
-                self.closed_by_binary += 1
-                if after_close == "stop":
-                    break
-                await self.come_back(sender, after_close)
+                self.closed_by_input += 1
+            if after_close == "stop":
+                break
+            await self.come_back(sender, after_close)
         return sent
 
     async def come_back(self, client: FuzzClient, how: str) -> None:
@@ -2236,12 +2458,13 @@ class ErrorLogged(FuzzFailure):
 
 
 class SocketDropped(FuzzFailure):
-    """The server closed a fuzzing socket (bad input must get a reply, not a disconnect; only
-    binary input and sustained excess close a connection)."""
+    """The server closed a fuzzing socket (a well-formed event with a bad payload must get a
+    reply, not a disconnect; only binary input, packets that are not valid Socket.IO and
+    sustained excess close a connection)."""
 
 
 class BinaryKept(FuzzFailure):
-    """Binary input did not close its connection."""
+    """Binary input, or a packet that is not valid Socket.IO, did not close its connection."""
 
 
 class Stalled(FuzzFailure):
@@ -2331,11 +2554,10 @@ def chunks(items: Sequence[T], parts: int) -> list[Sequence[T]]:
 
 
 def _unjoining(message: Message) -> bool:
-    """After this message the sender may no longer be joined (so bad input may go unanswered)."""
+    """After this message the sender may no longer be joined (so bad input may go unanswered).
+    The protocol's own event names close the connection instead (see :func:`message_fate`)."""
     if message.raw or not isinstance(message.event, str):
         return False
-    if message.event in RESERVED_NAMES:
-        return True
     return (
         message.event == "leave:space"
         and len(message.args) <= 1
@@ -2353,8 +2575,9 @@ class ReplyOracle:
     reply is required only while fewer than ``limit`` events of that limit may have been
     accepted on the socket (every message that is not surely bad might have been; counting all
     of them since the socket opened over-counts any one window, which only makes the lower
-    bound weaker, never wrong). Binary input closes the socket; the sender then comes back on a
-    fresh socket (joined again if it was joined), with fresh allowances.
+    bound weaker, never wrong). Input that closes the connection (binary, or not valid
+    Socket.IO) and a DISCONNECT end the socket; the sender then comes back on a fresh socket
+    (joined again if it was joined), with fresh allowances.
     """
 
     def __init__(self, *, joined: bool, used: dict[str, int] | None = None) -> None:
@@ -2370,11 +2593,16 @@ class ReplyOracle:
         self._used: dict[str, int] = dict(self.start_used)
 
     def add(self, message: Message) -> None:
-        if closes_connection(message):
+        fate = message_fate(message).what
+        if fate in (CLOSE, LEAVE):
             self.sessions += 1
             self._certain = self.start_joined
             self._used = {"join": 1} if self.start_joined else {}
             return
+        if fate == MAYBE_CLOSE:
+            # Perhaps a fresh socket from here on (joined again if it was): its allowances and
+            # whether it is joined are then no worse than what is counted for the old one.
+            self.sessions += 1
         bounds = expected_errors(message, joined=self.start_joined)
         low, high = bounds.low, bounds.high
         if self.start_joined and not self._certain:
@@ -2788,7 +3016,7 @@ def batches(messages: st.SearchStrategy[Message], size: int) -> st.SearchStrateg
 
 def from_sender(messages: st.SearchStrategy[Message], senders: int) -> st.SearchStrategy[Message]:
     return st.builds(
-        lambda m, s: Message(m.event, m.args, m.raw, s, m.malformed),
+        lambda m, s: Message(m.event, m.args, m.raw, s),
         messages,
         st.integers(0, senders - 1),
     )
@@ -2840,7 +3068,7 @@ def arena_on(server: ServerProcess) -> Iterator[Arena]:
         if arena.payloads_sent:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(arena.payloads_sent.items()))
             print(f"\n[fuzz] payloads sent: {counts}")
-            print(f"[fuzz] connections closed by binary input: {arena.closed_by_binary}")
+            print(f"[fuzz] connections closed by binary or invalid input: {arena.closed_by_input}")
 
 
 def run(arena: Arena, coro: Awaitable[T], timeout: float = 300.0) -> T:
