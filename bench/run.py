@@ -1006,6 +1006,18 @@ def baseline_summary(
                 "values": {name: r.get("server_cpu_pct") for name, r in cpu.items()},
                 "gen_cpu": {name: r.get("gen_cpu_pct") for name, r in cpu.items()},
                 "valid": {name: r.get("pass") for name, r in cpu.items()},
+                "noise": {name: r.get("noise_pct") for name, r in cpu.items()},
+                "lower_is_better": True,
+            }
+        )
+        rows.append(
+            {
+                "row": f"server µs CPU per delivered position at N={args.cpu_n}, every client "
+                f"batched, {args.baseline_rate:g} moves/s",
+                "round": k,
+                "values": {name: r.get("server_us_per_update") for name, r in cpu.items()},
+                "gen_cpu": {name: r.get("gen_cpu_pct") for name, r in cpu.items()},
+                "noise": {name: r.get("noise_pct") for name, r in cpu.items()},
                 "lower_is_better": True,
             }
         )
@@ -1049,7 +1061,7 @@ def baseline_report(args: argparse.Namespace, data: dict[str, Any], names: list[
         + " | ".join(label.get(c, c) for c in cols)
         + " | "
         + " | ".join(f"ratio spacesync / {label.get(p, p)}" for p in peers)
-        + " | gen CPU % (max) |",
+        + " | gen CPU % (max); noise % |",
         "|---|---:|" + "---:|" * (len(cols) + len(peers)) + "---|",
     ]
     for row in data["summary"]:
@@ -1059,6 +1071,11 @@ def baseline_report(args: argparse.Namespace, data: dict[str, Any], names: list[
         ratios = [ratio(values.get("spacesync"), values.get(p)) for p in peers]
         gen = row.get("gen_cpu") or {}
         gen_cell = ", ".join(f"{label.get(c, c)} {fmt(gen[c])}" for c in cols if c in gen) or "–"
+        noisy = row.get("noise") or {}
+        if noisy:
+            gen_cell += "; noise % " + ", ".join(
+                f"{label.get(c, c)} {fmt(noisy[c])}" for c in cols if c in noisy
+            )
         out.append(
             f"| {row['row']} | {row['round']} | "
             + " | ".join(cells)
@@ -1219,6 +1236,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "directory and put first on PYTHONPATH) instead of the working tree",
     )
     p.add_argument("--out", default=None, help="JSON results file (default: bench/results/)")
+    p.add_argument(
+        "--report-from",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="print the summary of a finished baseline run again (nothing is measured)",
+    )
     args = p.parse_args(argv)
     if args.servers is None:
         args.servers = "peer,careful,spacesync" if args.mode == "baseline" else "peer,spacesync"
@@ -1248,8 +1271,22 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def rerender(path: Path) -> int:
+    """Print the summary of a finished baseline run again from its results.json."""
+    data = json.loads(path.read_text())
+    args = argparse.Namespace(**data["args"])
+    base = data["baseline"]
+    names = [s.strip() for s in args.servers.split(",") if s.strip()]
+    base["summary"] = baseline_summary(args, base["rounds"], names)
+    print(baseline_report(args, base, names))
+    print(machine_report(data["machine"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_from:
+        return rerender(Path(args.report_from))
     global QUIET_WAIT_S
     QUIET_WAIT_S = args.quiet_wait
     # SIGTERM (and SIGINT, even when started in the background) stop the servers on the way out.
