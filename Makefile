@@ -45,6 +45,7 @@ test-min:
 	$(MIN_VENV)/bin/python -m pip install --quiet -c $(MIN_VENV)/min-pins.txt -e '.[fast]' $(MIN_TEST_TOOLS)
 	$(MIN_VENV)/bin/python -m pip check
 	$(MIN_VENV)/bin/python -m pytest -q --noconftest tests/unit
+	$(MIN_VENV)/bin/python -m pytest -q --confcutdir=tests/protocol tests/protocol
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py $(BENCH_ARGS)

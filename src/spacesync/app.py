@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import hmac
-import logging
 import secrets
 import time
 from datetime import UTC, datetime
@@ -15,7 +14,6 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
-from engineio import packet as eio_packet
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -24,9 +22,8 @@ from .admission import ADDRESS_KEY, Admission
 from .bus import Bus, LocalBus
 from .cluster import DOUBT_AFTER_SECONDS, NodeMonitor, RedisBus
 from .config import Settings
-from .fanout import Broadcaster
+from .fanout import LAGGING_BYTES, Broadcaster
 from .handlers.events import SpaceServer
-from .handlers.session import Session
 from .headers import HeaderDeadlineRunner
 from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
@@ -37,14 +34,14 @@ from .observability.logging import install_alert_handler, log
 from .observability.metrics import LoopLag, ProcessFigures
 from .observability.prom import JSON, NodeMetrics, wanted_format
 from .playground import install as install_playground
-from .rooms import RoomManager
 from .state.base import StateStore
 from .state.link import RedisLink
 from .state.memory import MemoryStore
 from .state.redis import RedisStore
 from .storage import SchemaError, Storage, StorageError, open_storage
 from .texts import Catalog
-from .wire import FastJson, SpaceSocketServer
+from .transport import Connection, EngineOptions, SocketServer
+from .transport.engine import SERVER_SHUTDOWN
 
 PING_INTERVAL = 25
 PING_TIMEOUT = 10
@@ -183,18 +180,33 @@ class SpacesyncNode:
         self.storage: Storage | None = None
         """Opened by :meth:`start` (chat history); ``None`` until then or if it failed."""
         self._storage_retry: asyncio.Task[None] | None = None
-        self.sio = SpaceSocketServer(
-            client_manager=RoomManager(),
-            async_mode="aiohttp",
-            async_handlers=False,  # a client's events are handled in the order sent (SPEC §5)
-            cors_allowed_origins=list(settings.cors_origins),
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
-            max_http_buffer_size=MAX_MESSAGE_BYTES,
-            json=FastJson,
-            logger=logging.getLogger("socketio.server"),
-            engineio_logger=logging.getLogger("engineio.server"),
+        self.abuse = AbuseCounters()
+        self.admission = Admission(
+            self.abuse,
+            max_sessions=settings.max_connections_per_ip,
+            handshakes=settings.handshakes_per_ip,
+            trusted_proxies=settings.trusted_proxies,
         )
+        buffer_limit = settings.client_buffer_limit
+        self.sio = SocketServer(
+            EngineOptions(
+                ping_interval=PING_INTERVAL,
+                ping_timeout=PING_TIMEOUT,
+                max_payload=MAX_MESSAGE_BYTES,
+                cors_origins=list(settings.cors_origins),
+                allow_own_origin=settings.development,  # the playground page
+                buffer_limit=buffer_limit,
+                lagging_bytes=min(LAGGING_BYTES, buffer_limit // 4),
+            ),
+            connect_timeout=settings.connect_timeout,
+            recovery_window=settings.recovery_window,
+            gate=self.admission,
+            address_of=self._address,
+            on_refused=self._refused_input,
+            on_too_slow=self._too_slow,
+        )
+        """Socket.IO: a client's events are handled one at a time, in the order sent (SPEC
+        §5); nothing binary is accepted."""
         self.app_client = AppClient(
             settings.app_url, settings.app_api_secret, settings.verify_timeout
         )
@@ -208,16 +220,8 @@ class SpacesyncNode:
         self.broadcaster = Broadcaster(
             self.sio, self.bus, buffer_limit=settings.client_buffer_limit
         )
-        self.abuse = AbuseCounters()
         self.texts = Catalog(settings.locale)
         """What players read (notices, errors), in ``LOCALE``; handed to whatever answers them."""
-        self.sio.texts = self.texts
-        self.admission = Admission(
-            self.abuse,
-            max_sessions=settings.max_connections_per_ip,
-            handshakes=settings.handshakes_per_ip,
-            trusted_proxies=settings.trusted_proxies,
-        )
         self.server = SpaceServer(
             self.sio,
             settings,
@@ -228,16 +232,6 @@ class SpacesyncNode:
             self.abuse,
             texts=self.texts,
         )
-        self.sio.eio.fast_message = self.server.fast_message
-        self.sio.malformed = self.server.malformed  # type: ignore[method-assign]
-        self.sio.eio.frame_writer = self.broadcaster.write
-        self.sio.eio.flush_writes = self.broadcaster.write_out
-        self.sio.eio.admission = self.admission
-        self.sio.eio.connect_timeout = settings.connect_timeout
-        self.sio.eio.join_timeout = settings.join_timeout
-        self.sio.admission = self.admission
-        self.sio.abuse = self.abuse
-        self.sio.is_joined = self._joined  # type: ignore[method-assign]
         self.bus.register(OtherNodes(self.broadcaster, self.server))
         self.monitor: NodeMonitor | None = None
         """Heartbeat, dead nodes and Redis outages (cluster mode only)."""
@@ -253,6 +247,7 @@ class SpacesyncNode:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._deadlines: asyncio.Task[None] | None = None
         self._alert_handler: Any = None
         self.stopping = False
         token = settings.internal_api_token
@@ -273,7 +268,7 @@ class SpacesyncNode:
         r.add_get("/presence/{spaceId}", self.presence)
         r.add_get("/metrics", self.metrics)
         r.add_get("/spaces/{spaceId}/messages", self.history)
-        install_playground(r, self.sio.eio, self.settings)
+        install_playground(r, self.settings)
         r.add_route("*", "/{tail:.*}", self._fallback)
 
     async def _socketio_entry(self, request: web.Request) -> web.StreamResponse:
@@ -293,8 +288,7 @@ class SpacesyncNode:
             refused = self._refuse_handshake(request)
             if refused is not None:
                 return refused
-        response: web.StreamResponse = await self.sio.eio.handle_request(request)
-        return response
+        return await self.sio.handle(request)
 
     def _address(self, request: web.Request) -> str:
         """The client address of ``request`` (``X-Forwarded-For`` from a trusted proxy)."""
@@ -321,9 +315,78 @@ class SpacesyncNode:
         self.admission.refused("E2005", reason, message, address, limit=limit)
         return _json({"error": "Too many connections from this address"}, status=429)
 
-    def _joined(self, sid: str) -> bool:
-        session = self.server.sessions.get(sid)
-        return session is not None and session.joined
+    def _refused_input(self, conn: Connection, sid: str | None, kind: str, detail: str) -> None:
+        """Input the transport closed a connection for (it is logged and counted here)."""
+        if kind == "connectTimeout":
+            self.admission.refused(
+                "E2005",
+                kind,
+                "Connection closed: no Socket.IO connect within the time allowed",
+                conn.address,
+                seconds=self.settings.connect_timeout,
+            )
+        elif kind == "binaryPacket":
+            self.admission.refused(
+                "E3001",
+                kind,
+                f"Binary input refused: {detail}; connection closed",
+                conn.address,
+                socketId=sid or conn.sid,
+            )
+        else:
+            self.admission.refused(
+                "E3001",
+                kind,
+                f"Malformed Socket.IO packet ({detail}); connection closed",
+                conn.address,
+                socketId=sid or conn.sid,
+            )
+
+    def _too_slow(self, conn: Connection) -> None:
+        log.warn(
+            "E2005",
+            "Client too slow: what it was sent passed the limit; disconnected",
+            address=conn.address,
+            limitBytes=self.settings.client_buffer_limit,
+        )
+
+    async def _join_deadlines(self) -> None:
+        """A connected socket that has not joined a space ``JOIN_TIMEOUT`` after connecting (or
+        after it left its space) is disconnected from Socket.IO, which the official client takes
+        as final (no automatic reconnect); its connection is then held to ``CONNECT_TIMEOUT``
+        again by the transport."""
+        timeout = self.settings.join_timeout
+        period = min(1.0, timeout / 4)
+        waiting: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(period)
+            now = time.time()
+            sessions = self.server.sessions
+            for sid in [sid for sid in waiting if sessions.get(sid) is None]:
+                del waiting[sid]
+            for session in sessions.values():
+                if session.joined or session.closing_reason is not None:
+                    waiting.pop(session.sid, None)
+                    continue
+                since = waiting.setdefault(
+                    session.sid, session.connected_at if session.joined_at == 0 else now
+                )
+                if now - since < timeout:
+                    continue
+                del waiting[session.sid]
+                conn = self.sio.connection(session.sid)
+                self.admission.refused(
+                    "E2005",
+                    "joinTimeout",
+                    "Connection closed: no space joined within the time allowed",
+                    conn.address if conn is not None else session.address,
+                    socketId=session.sid,
+                    seconds=timeout,
+                )
+                try:
+                    await self.sio.disconnect(session.sid)
+                except Exception as exc:
+                    log.error("E6003", "Disconnecting an idle client failed", exc=exc)
 
     def _authorized(self, request: web.Request) -> bool:
         """With ``INTERNAL_API_TOKEN`` set, the internal routes need ``Authorization: Bearer
@@ -556,6 +619,7 @@ class SpacesyncNode:
         )
         await self._site.start()
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+        self._deadlines = asyncio.get_running_loop().create_task(self._join_deadlines())
         gc.collect()
         gc.freeze()  # start-up objects live as long as the process: keep them out of collections
         self.bus.start()
@@ -630,17 +694,17 @@ class SpacesyncNode:
         # same poll as a CLOSE, and closing the session first would answer its poll with a 400),
         # and is closed for good once it has collected that or the grace period is over.
         self.broadcaster.write_out()
-        polling: list[Session] = []
+        polling: list[Connection] = []
         for session in list(self.server.sessions.values()):
             session.closing_reason = "disconnect:server shutting down"
-            sock = self._engine_socket(session.sid)
+            conn = self.sio.connection(session.sid)
             try:
-                if sock is None:
+                if conn is None:
                     await self.server.on_disconnect(session.sid, "server shutting down")
-                elif sock.upgraded:
-                    await sock.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
+                elif conn.direct:
+                    conn.close(SERVER_SHUTDOWN)
                 else:
-                    polling.append(session)
+                    polling.append(conn)
             except Exception as exc:
                 log.error(
                     "E6002",
@@ -649,24 +713,13 @@ class SpacesyncNode:
                     socketId=session.sid,
                 )
         if polling:
-            await self._wait_for_polls(min(deadline - 5, time.monotonic() + 1.0))
-            for session in polling:
-                sock = self._engine_socket(session.sid)
-                if sock is not None and not sock.closed:
-                    with contextlib.suppress(Exception):
-                        await sock.send(eio_packet.Packet(eio_packet.CLOSE))
-            await self._wait_for_polls(min(deadline - 4, time.monotonic() + 1.0))
+            await self._wait_for_polls(polling, min(deadline - 5, time.monotonic() + 1.0))
+            for conn in polling:
+                conn.close(SERVER_SHUTDOWN)  # its CLOSE packet goes in a poll of its own
+            await self._wait_for_polls(polling, min(deadline - 4, time.monotonic() + 1.0))
             # A long-poll that took its last packets still has to write its HTTP response.
             await asyncio.sleep(CLOSE_GRACE)
-        for session in polling:
-            sock = self._engine_socket(session.sid)
-            with contextlib.suppress(Exception):
-                if sock is not None and not sock.closed:
-                    await sock.close(
-                        wait=False, abort=True, reason=self.sio.eio.reason.SERVER_DISCONNECT
-                    )
-                elif session.sid in self.server.sessions:
-                    await self.server.on_disconnect(session.sid, "server shutting down")
+        await self.sio.shutdown()  # clients held for recovery are not coming back now
         if self._site is not None:
             with contextlib.suppress(Exception):
                 await self._site.stop()
@@ -701,19 +754,13 @@ class SpacesyncNode:
         await self.close()
         log.info("E6002", "Shutdown complete")
 
-    async def _wait_for_polls(self, until: float) -> None:
-        """Wait until every engine.io queue has been collected by its client, or ``until``."""
-        while time.monotonic() < until and any(
-            not s.queue.empty() for s in list(self.sio.eio.sockets.values()) if not s.closed
-        ):
+    async def _wait_for_polls(self, polling: list[Connection], until: float) -> None:
+        """Wait until every long-polling client has collected what it was sent, or ``until``."""
+        while time.monotonic() < until and any(c.buffered_bytes for c in polling):
             await asyncio.sleep(0.02)
         # A poll that has just taken a packet goes on collecting for a moment; let it finish so
         # that what is queued next travels in a response of its own.
         await asyncio.sleep(0.05)
-
-    def _engine_socket(self, sid: str) -> Any:
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        return self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
 
     async def bus_settle(self) -> None:
         """Give what was published for the other nodes (players leaving) a moment to go out."""
@@ -722,6 +769,8 @@ class SpacesyncNode:
     async def close(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self._deadlines is not None:
+            self._deadlines.cancel()
         self.loop_lag.stop()
         if self.monitor is not None:
             await self.monitor.close()

@@ -8,7 +8,7 @@ position (a jump, leaving) flush the space's pending moves first.
 
 Every recipient of a tick receives the same bytes, less its own moves: the frames are built once
 and written to each WebSocket in one call, instead of one task and one frame write per recipient
-and event as python-socketio's ``emit`` does.
+and event.
 """
 
 from __future__ import annotations
@@ -20,31 +20,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import socketio
-from engineio import packet as eio_packet
 
-from .observability.logging import log
 from .observability.timing import NOT_OBSERVED, Observer
-from .wire import ws_frame as _ws_frame
+from .transport import Connection, SocketServer
+from .transport.codec import ws_frame as _ws_frame
 
 if TYPE_CHECKING:
     from .bus import Bus
 
 TICK_SECONDS = 0.05
-WRITE_WINDOW = 0.005
 LAGGING_BYTES = 64 * 1024
 """A WebSocket with more than this waiting in its send buffer gets positions folded: only the
 newest of each player is kept, and written once the client has caught up."""
 DEFAULT_CLIENT_BUFFER_LIMIT = 4 * 1024 * 1024
-"""A client with more than this waiting (WebSocket bytes) is disconnected; long-polling clients
-are held to the same limit in queued packets / 256."""
+"""A client with more than this many bytes waiting to be sent is disconnected."""
 _PLAIN_PREFIX = b'42["player:moved",'
 _BATCH_PREFIX = b'42["players:moved",['
-
-
-def _enqueue(sock: Any, packet: bytes) -> None:
-    """Queue a pre-encoded ``4…`` engine.io message on the socket's ordinary send path."""
-    sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, packet[1:].decode()))
 
 
 def _packet(event: str, data: Any) -> bytes:
@@ -64,8 +55,8 @@ class _SpaceMoves:
     pending: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     transitions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     batched_sids: set[str] = field(default_factory=set)
-    plain: dict[str, str] = field(default_factory=dict)
-    """Sockets that get one ``player:moved`` per position: socket id -> engine.io id."""
+    plain: set[str] = field(default_factory=set)
+    """Sockets that get one ``player:moved`` per position."""
     last_flush: float = 0.0
     scheduled: bool = False
     queued_at: float = 0.0
@@ -77,7 +68,7 @@ class Broadcaster:
 
     def __init__(
         self,
-        sio: socketio.AsyncServer,
+        sio: SocketServer,
         bus: Bus,
         tick: float = TICK_SECONDS,
         buffer_limit: int = DEFAULT_CLIENT_BUFFER_LIMIT,
@@ -88,15 +79,11 @@ class Broadcaster:
         self.tick = tick
         self.buffer_limit = buffer_limit
         self.lagging_bytes = min(LAGGING_BYTES, buffer_limit // 4)
-        self._lagging: dict[Any, _Lagging] = {}
+        self._lagging: dict[Connection, _Lagging] = {}
         self._lag_timer = False
         self.positions_folded = 0
-        self.slow_disconnects = 0
         self._spaces: dict[str, _SpaceMoves] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._out: dict[Any, list[bytes]] = {}
-        self._flush_scheduled = False
-        self._last_write_out = 0.0
         self.moves_relayed = 0
         self.tick_seconds: Observer = NOT_OBSERVED
         """How long each tick of positions takes to build and write (one figure per tick)."""
@@ -104,28 +91,31 @@ class Broadcaster:
         """Per tick: how long its oldest move waited between being queued and written."""
         self._players: dict[str, dict[str, str]] = {}
         """space -> player -> the socket of that player on this node (for targeted events)."""
-        self._members: dict[str, dict[str, str]] = {}
-        """space -> socket id -> engine.io id, for this node's sockets in the space (kept here
-        rather than in Socket.IO rooms, whose two-way dictionaries cost more per socket)."""
+        self._members: dict[str, set[str]] = {}
+        """space -> this node's sockets in the space."""
+
+    @property
+    def slow_disconnects(self) -> int:
+        """Clients disconnected for not taking what they were sent."""
+        return self.sio.engine.slow_disconnects
 
     # -- membership ----------------------------------------------------------------------------
 
     async def enter_space(self, sid: str, space_id: str, player_id: str, batching: bool) -> None:
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        if eio_sid is None:
+        if not self.sio.is_connected(sid):
             return  # the socket is already gone
-        self._members.setdefault(space_id, {})[sid] = eio_sid
+        self._members.setdefault(space_id, set()).add(sid)
         self._players.setdefault(space_id, {})[player_id] = sid
         moves = self._space(space_id)
         if batching:
             moves.batched_sids.add(sid)
         else:
-            moves.plain[sid] = eio_sid
+            moves.plain.add(sid)
 
     async def leave_space(self, sid: str, space_id: str, player_id: str) -> None:
         members = self._members.get(space_id)
         if members is not None:
-            members.pop(sid, None)
+            members.discard(sid)
             if not members:
                 del self._members[space_id]
         players = self._players.get(space_id)
@@ -136,7 +126,7 @@ class Broadcaster:
         moves = self._spaces.get(space_id)
         if moves is not None:
             moves.batched_sids.discard(sid)
-            moves.plain.pop(sid, None)
+            moves.plain.discard(sid)
             if (
                 not moves.batched_sids
                 and not moves.plain
@@ -154,49 +144,12 @@ class Broadcaster:
     # -- plain emits ---------------------------------------------------------------------------
 
     async def to_sid(self, sid: str, event: str, data: Any) -> None:
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        if eio_sid is not None:
-            self._deliver(eio_sid, _packet(event, data))
-
-    def write(self, transport: Any, data: bytes) -> None:
-        """Collect what each socket is sent and write it in one call per socket: at the end of
-        this turn of the event loop, or, when the previous write-out was less than
-        :data:`WRITE_WINDOW` ago, at the end of that window. A quiet server answers at once; a
-        join storm or a busy space costs one system call per socket per window, not one per
-        event."""
-        pending = self._out.get(transport)
-        if pending is None:
-            self._out[transport] = [data]
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                loop = asyncio.get_running_loop()
-                delay = self._last_write_out + WRITE_WINDOW - loop.time()
-                if delay <= 0:
-                    loop.call_soon(self._flush_writes)
-                else:
-                    loop.call_later(delay, self._flush_writes)
-        else:
-            pending.append(data)
+        self._deliver(sid, _packet(event, data))
 
     def write_out(self) -> None:
-        """Write everything collected now; called before a socket is closed or disconnected
-        through the engine's own queue, so that nothing sent earlier is overtaken."""
-        if self._out:
-            self._flush_writes()
-
-    def _flush_writes(self) -> None:
-        self._flush_scheduled = False
-        self._last_write_out = asyncio.get_running_loop().time()
-        out, self._out = self._out, {}
-        limit = self.buffer_limit
-        for transport, chunks in out.items():
-            if transport.is_closing():
-                continue
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if transport.get_write_buffer_size() > limit:
-                self._too_slow(transport=transport)
-                continue
-            transport.write(data)
+        """Write everything collected for the clients now (before a socket is disconnected, so
+        that nothing sent earlier is overtaken by the disconnect)."""
+        self.sio.engine.flush_all()
 
     async def to_space(
         self,
@@ -261,23 +214,18 @@ class Broadcaster:
             players = self._players.get(space_id)
             if not players:
                 return
-            manager = self.sio.manager
-            recipients = {}
-            for pid in player_ids:
-                sid = players.get(pid)
-                eio_sid = manager.eio_sid_from_sid(sid, "/") if sid is not None else None
-                if eio_sid is not None:
-                    recipients[sid] = eio_sid
+            recipients = {players[pid] for pid in player_ids if pid in players}
         self._broadcast(recipients, packet, skip_sid)
 
-    def _broadcast(self, recipients: Any, packet: bytes, skip_sid: str | None) -> None:
+    def _broadcast(self, recipients: set[str] | None, packet: bytes, skip_sid: str | None) -> None:
         """One event to many sockets: the same frame written to each."""
         if not recipients:
             return
-        frame = _ws_frame(packet)
-        for sid, eio_sid in list(recipients.items()):
+        stamped, seq = self.sio.stamp(packet)
+        frame = _ws_frame(stamped)
+        for sid in list(recipients):
             if sid != skip_sid:
-                self._deliver(eio_sid, packet, frame)
+                self._deliver(sid, stamped, frame, seq)
 
     # -- positions -----------------------------------------------------------------------------
 
@@ -346,23 +294,21 @@ class Broadcaster:
         if moves.batched_sids:
             self._send_batches(moves.batched_sids, bodies, ids, own)
 
-    def _lags(self, transport: Any) -> bool:
-        return transport in self._lagging or (
-            transport.get_write_buffer_size() > self.lagging_bytes
-        )
+    def _lags(self, conn: Connection) -> bool:
+        return conn in self._lagging or conn.lagging
 
     def _fold(
         self,
-        transport: Any,
+        conn: Connection,
         batched: bool,
         bodies: list[bytes],
         ids: list[str],
         mine: list[int] | None,
     ) -> None:
         """Hold this tick's positions back for a client that is behind, newest per player."""
-        lag = self._lagging.get(transport)
+        lag = self._lagging.get(conn)
         if lag is None:
-            lag = self._lagging[transport] = _Lagging(batched)
+            lag = self._lagging[conn] = _Lagging(batched)
             if not self._lag_timer:
                 self._lag_timer = True
                 asyncio.get_running_loop().call_later(self.tick, self._check_lagging)
@@ -377,25 +323,24 @@ class Broadcaster:
         """Write the held-back positions of clients that have caught up."""
         self._lag_timer = False
         low = self.lagging_bytes // 2
-        for transport in list(self._lagging):
-            if transport.is_closing():
-                del self._lagging[transport]
-            elif transport.get_write_buffer_size() <= low:
-                self._release(transport)
+        for conn in list(self._lagging):
+            if conn.closed:
+                del self._lagging[conn]
+            elif conn.buffered_bytes <= low:
+                self._release(conn)
         if self._lagging:
             self._lag_timer = True
             asyncio.get_running_loop().call_later(self.tick, self._check_lagging)
 
-    def _release(self, transport: Any) -> None:
-        lag = self._lagging.pop(transport, None)
+    def _release(self, conn: Connection) -> None:
+        lag = self._lagging.pop(conn, None)
         if lag is None or not lag.latest:
             return
         bodies = list(lag.latest.values())
         if lag.batched:
-            data = _ws_frame(_BATCH_PREFIX + b",".join(bodies) + b"]]")
+            conn.send(_BATCH_PREFIX + b",".join(bodies) + b"]]")
         else:
-            data = b"".join(_ws_frame(_PLAIN_PREFIX + b + b"]") for b in bodies)
-        self.write(transport, data)
+            conn.send_frames(b"".join(_ws_frame(_PLAIN_PREFIX + b + b"]") for b in bodies))
 
     @property
     def lagging_clients(self) -> int:
@@ -403,7 +348,7 @@ class Broadcaster:
 
     def _send_each(
         self,
-        recipients: Any,
+        recipients: set[str],
         packets: list[bytes],
         bodies: list[bytes],
         ids: list[str],
@@ -415,27 +360,28 @@ class Broadcaster:
         offsets = [0]
         for frame in frames:
             offsets.append(offsets[-1] + len(frame))
-        for sid, eio_sid in list(recipients.items()):
-            mine = own.get(sid)
-            transport, sock = self._direct(eio_sid)
-            if sock is None:
+        connection = self.sio.connection
+        for sid in list(recipients):
+            conn = connection(sid)
+            if conn is None:
                 continue
-            if transport is None:
+            mine = own.get(sid)
+            if not conn.direct:
                 for index, packet in enumerate(packets):
                     if mine is None or index not in mine:
-                        self._enqueue(sock, packet)
-            elif self._lags(transport):
-                self._fold(transport, False, bodies, ids, mine)
+                        conn.send(packet)
+            elif self._lags(conn):
+                self._fold(conn, False, bodies, ids, mine)
             elif mine is None:
-                self.write(transport, blob)
+                conn.send_frames(blob)
             elif len(mine) == 1:
                 i = mine[0]
                 if len(frames) > 1:
-                    self.write(transport, blob[: offsets[i]] + blob[offsets[i + 1] :])
+                    conn.send_frames(blob[: offsets[i]] + blob[offsets[i + 1] :])
             else:
                 rest = [f for index, f in enumerate(frames) if index not in mine]
                 if rest:
-                    self.write(transport, b"".join(rest))
+                    conn.send_frames(b"".join(rest))
 
     def _send_batches(
         self, sids: set[str], bodies: list[bytes], ids: list[str], own: dict[str, list[int]]
@@ -452,22 +398,21 @@ class Broadcaster:
             starts.append(position)
             position += len(body) + 1
         everything = _BATCH_PREFIX + joined + b"]]"
+        everything_frame = _ws_frame(everything)
         last = len(bodies) - 1
-        manager = self.sio.manager
+        connection = self.sio.connection
         for sid in list(sids):
-            eio_sid = manager.eio_sid_from_sid(sid, "/")
-            if eio_sid is None:
+            conn = connection(sid)
+            if conn is None:
                 continue
             mine = own.get(sid)
-            transport, sock = self._direct(eio_sid)
-            if sock is None:
-                continue
-            if transport is not None and self._lags(transport):
-                self._fold(transport, True, bodies, ids, mine)
+            if self._lags(conn):
+                self._fold(conn, True, bodies, ids, mine)
                 continue
             if mine is None:
-                packet = everything
-            elif len(mine) == 1 and last > 0:
+                conn.send(everything, everything_frame)
+                continue
+            if len(mine) == 1 and last > 0:
                 i = mine[0]
                 if i == last:
                     rest = joined[: starts[i] - 1]
@@ -479,68 +424,20 @@ class Broadcaster:
                 if not kept:
                     continue
                 packet = _BATCH_PREFIX + b",".join(kept) + b"]]"
-            if transport is None:
-                self._enqueue(sock, packet)
-            else:
-                self.write(transport, _ws_frame(packet))
+            conn.send(packet)
 
-    def _deliver(self, eio_sid: str, packet: bytes, frame: bytes | None = None) -> None:
-        """One engine.io message to one socket: straight to its WebSocket when that is safe,
-        else through its engine.io queue (long-polling, upgrading, or packets already queued)."""
-        transport, sock = self._direct(eio_sid)
-        if sock is None:
-            return
-        if transport is None:
-            self._enqueue(sock, packet)
-            return
-        if transport in self._lagging:
-            self._release(transport)  # positions held back go before what follows them
-        self.write(transport, frame if frame is not None else _ws_frame(packet))
-
-    def _enqueue(self, sock: Any, packet: bytes) -> None:
-        """Through the engine.io queue; a client that lets it grow past the limit is dropped."""
-        if sock.queue.qsize() * 256 > self.buffer_limit:
-            self._too_slow(sock=sock)
-            return
-        _enqueue(sock, packet)
-
-    def _too_slow(self, transport: Any = None, sock: Any = None) -> None:
-        """Disconnect a client that does not take what it is sent (SPEC §8: it may not make the
-        server's memory grow without bound, nor slow the others)."""
-        self.slow_disconnects += 1
-        if transport is not None:
-            self._lagging.pop(transport, None)
-            peer = transport.get_extra_info("peername")
-            log.warn(
-                "E2005",
-                "Client too slow: its send buffer passed the limit; disconnected",
-                address=str(peer[0]) if peer else None,
-                limitBytes=self.buffer_limit,
-            )
-            transport.abort()
-        elif sock is not None and not sock.closed:
-            log.warn(
-                "E2005",
-                "Client too slow: its packet queue passed the limit; disconnected",
-                socketId=self.sio.manager.sid_from_eio_sid(sock.sid, "/"),
-                queued=sock.queue.qsize(),
-            )
-            task = asyncio.get_running_loop().create_task(
-                sock.close(wait=False, abort=True, reason=self.sio.eio.reason.TRANSPORT_ERROR)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def _direct(self, eio_sid: str) -> tuple[Any, Any]:
-        """``(transport, socket)``: the raw transport when frames may be written straight to it.
-
-        That is the case for a WebSocket client once the WebSocket has taken over; during an
-        upgrade, or on long-polling, packets go through the engine.io queue.
-        """
-        sock = self.sio.eio.sockets.get(eio_sid)
-        if sock is None or sock.closed:
-            return None, None
-        return sock.direct_transport(), sock
+    def _deliver(
+        self, sid: str, packet: bytes, frame: bytes | None = None, seq: int | None = None
+    ) -> None:
+        """One event to one socket, after any positions held back for it; kept for a replay
+        when connection state recovery is on. ``seq``: the packet is already stamped."""
+        if seq is None:
+            packet, seq = self.sio.stamp(packet)
+            frame = None
+        conn = self.sio.connection(sid)
+        if conn is not None and conn in self._lagging:
+            self._release(conn)  # positions held back go before what follows them
+        self.sio.deliver(sid, packet, frame, seq)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -225,13 +225,19 @@ CASES: list[Case] = [
     Case("move-extra-argument", "player:move", (VALID_MOVE, "extra")),
     Case("chat-deeply-nested", "chat:message", ({"content": nested(200)},), "chat:error"),
     Case("move-deeply-nested", "player:move", ({**VALID_MOVE, "x": nested(200)},)),
-    # raw packets that are not well-formed Socket.IO events
+    # a well-formed Socket.IO event whose name is a number: no event has such a name
+    Case("raw-numeric-event-name", None, raw='2[42,{"content":"hi"}]'),
+]
+
+# Packets that are not Socket.IO at all: the protocol says the connection is closed.
+MALFORMED_CASES: list[Case] = [
     Case("raw-truncated-json", None, raw='2["chat:message",{"content":"cut'),
     Case("raw-empty-event", None, raw="2[]"),
-    Case("raw-numeric-event-name", None, raw='2[42,{"content":"hi"}]'),
     Case("raw-null-event-name", None, raw='2[null,{"content":"hi"}]'),
     Case("raw-data-not-array", None, raw='2{"event":"chat:message"}'),
-    # engine.io reads this message as the number -1: not binary, a malformed packet
+    Case("raw-reserved-event-name", None, raw='2["disconnect"]'),
+    Case("raw-bad-ack-id", None, raw='2abc["chat:message",{"content":"hi"}]'),
+    Case("raw-unknown-packet-type", None, raw="9hello"),
     Case("raw-number", None, raw="-1"),
 ]
 
@@ -392,9 +398,42 @@ async def test_bad_input_is_refused_without_side_effects(
     assert_clean_logs(dev_server, mark, raw_mark)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("case", MALFORMED_CASES, ids=[c.id for c in MALFORMED_CASES])
+async def test_malformed_packet_closes_only_the_senders_connection(
+    bridge: Bridge, dev_server: ServerProcess, case: Case, transport: str
+) -> None:
+    """A packet that is not valid Socket.IO (the protocol says: close the connection) closes
+    its sender's connection and nothing else: no reply, nothing relayed or changed, the sender
+    leaves the space like any dropped connection, the watcher keeps chatting; counted as
+    ``malformedPacket`` in ``/metrics`` and logged E3001 at warn level, never as an error."""
+    sender, watcher = await sender_and_watcher(bridge, dev_server, transport)
+    mark, raw_mark = dev_server.mark(), len(dev_server.raw_lines)
+    before = await abuse_count(dev_server, "malformedPacket")
+    assert case.raw is not None
+
+    await sender.send_raw(case.raw)
+    reason = await sender.wait_disconnect(timeout=5)
+    assert reason in {"transport close", "transport error"}, reason
+    assert await watcher.wait_for("player:left") == {"id": sender.player_id}
+    assert await abuse_count(dev_server, "malformedPacket") == before + 1
+    entry = await dev_server.wait_for_log(  # logged once a minute per address
+        code="E3001",
+        predicate=lambda e: (e.get("context") or {}).get("reason") == "malformedPacket",
+    )
+    assert entry["level"] == "warn", entry
+    for channel in ERROR_CHANNELS:
+        await sender.expect_nothing(channel, within=0)
+    for name in ACCEPTED:
+        await sender.expect_nothing(name, within=0)
+    other = await join_player(bridge, dev_server, watcher.space_id or "", "Other", transport)
+    await assert_still_working(other, watcher, case.id)
+    assert_clean_logs(dev_server, mark, raw_mark)
+
+
 # Events carrying binary data: the official client sends each as a binary event with its
 # attachments. No event takes binary data, so these close the connection instead of being
-# answered (see ``SpaceSocketServer`` in wire.py).
+# answered.
 BINARY_CASES: list[Case] = [
     Case("chat-binary", "chat:message", ({"content": "a file", "file": b"\x00\x01\x02"},)),
     Case("move-binary", "player:move", ({**VALID_MOVE, "blob": b"\xff" * 16},)),

@@ -352,7 +352,7 @@ async def test_socketio_cors_refuses_unlisted_origins(start_server: ServerFactor
         "null",
     ):
         response = await asyncio.to_thread(polling_handshake, server, origin)
-        assert response.status_code == 400, (origin, response.status_code, response.text)
+        assert response.status_code == 403, (origin, response.status_code, response.text)
         assert response.headers.get("access-control-allow-origin") in (None, ""), origin
         assert '"sid"' not in response.text, origin
     await asyncio.sleep(0.2)

@@ -234,7 +234,27 @@ async def test_binary_event_from_the_official_client_closes_its_connection(
     await assert_undisturbed(other, listener, "after a binary event")
 
 
-@pytest.mark.parametrize("engine_packet", ["2", "6", "0"], ids=["ping", "noop", "open"])
+async def test_polling_noop_is_answered_at_once(start_server: ServerFactory) -> None:
+    """A long-polling POST of a NOOP is answered at once (the protocol lets it through without
+    effect); 200 of them leave nothing held: every request is answered, the session still
+    works."""
+    server = start_server(NODE_ENV="development")
+    polling = RawPolling(server.url)
+    polling.http.timeout = httpx.Timeout(3.0)
+    try:
+        assert (await polling.open()).status_code == 200
+        await polling.connect()
+        for _ in range(200):
+            answer = await polling.post("6")
+            assert (answer.status_code, answer.text) == (200, "ok")
+        assert (await polling.post("3")).status_code == 200
+    finally:
+        await polling.aclose()
+    server.stop()
+    assert server.find_logs(level="error") == []
+
+
+@pytest.mark.parametrize("engine_packet", ["2", "0"], ids=["ping", "open"])
 async def test_polling_packet_a_client_may_not_send_is_refused_at_once(
     start_server: ServerFactory, engine_packet: str
 ) -> None:

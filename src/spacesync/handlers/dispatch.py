@@ -1,8 +1,7 @@
 """What every event handler shares: the socket link, the session table and the guard.
 
 - :class:`SocketLink` is the only place the handlers reach into the Socket.IO server (event
-  registration, disconnects, engine.io sessions, the connect-time environment, background
-  tasks), so a change of transport changes this class and nothing else.
+  registration, disconnects, closing a connection, background tasks).
 - :class:`SessionTable` is what this node knows of its sockets (see :class:`Session`).
 - :class:`Dispatch` wraps each handler (:meth:`Dispatch.guard`): the joined check, per-socket
   and per-player rate limits (SPEC §6, ``domain/limits.py``), bad-input replies on the event's
@@ -19,8 +18,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
-import socketio
-
 from .. import protocol
 from ..domain.limits import EVENT_LIMITS, EventLimit, KeyedHit, Rule, Verdict
 from ..domain.parties import PartyError
@@ -30,6 +27,7 @@ from ..observability.logging import log
 from ..protocol import BadInput
 from ..state.base import StateStore, StoreUnavailable
 from ..texts import Catalog
+from ..transport import ConnectionRefused, SocketServer
 from . import payloads
 from .session import Session
 
@@ -44,45 +42,35 @@ then."""
 
 def connect_refused(text: str) -> Exception:
     """What ``connect`` raises to refuse a connection with ``text`` (``connect_error``)."""
-    return socketio.exceptions.ConnectionRefusedError(text)
+    return ConnectionRefused(text)
 
 
 class SocketLink:
     """The handlers' every use of the Socket.IO server, in one place."""
 
-    def __init__(self, sio: socketio.AsyncServer) -> None:
+    def __init__(self, sio: SocketServer) -> None:
         self.sio = sio
 
-    def on(self, event: str, handler: Callable[..., Awaitable[None]]) -> None:
+    def on(self, event: str, handler: Callable[..., Awaitable[Any]]) -> None:
         """Register ``handler`` for ``event`` (``connect``, ``disconnect``, ``*`` included)."""
         self.sio.on(event, handler)
+
+    def on_raw_event(self, handler: Callable[[str, str], bool]) -> None:
+        """Register the hot path for event packets (see :meth:`SocketServer.on_raw_event`)."""
+        self.sio.on_raw_event(handler)
 
     async def disconnect(self, sid: str) -> None:
         """Close the socket ``sid`` from the server side (its ``disconnect`` handler runs)."""
         await self.sio.disconnect(sid)
 
-    def sid_of(self, eio_sid: str) -> str | None:
-        """The Socket.IO sid of an engine.io session, if it has connected to ``/``."""
-        sid: str | None = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
-        return sid
-
-    def forget_environ(self, sid: str) -> None:
-        """Drop the request environment kept for ``sid`` (not needed after the connect)."""
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        if eio_sid is not None:
-            self.sio.environ.pop(eio_sid, None)
-
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background (from code that cannot await)."""
-        self.sio.eio.spawn(work)
+        self.sio.engine.spawn(work)
 
     async def close_transport(self, sid: str) -> None:
-        """Close the engine.io session under ``sid`` without a Socket.IO disconnect packet:
-        the official client reconnects and joins again."""
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        sock = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        if sock is not None and not sock.closed:
-            await sock.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
+        """Close the connection under ``sid`` without a Socket.IO disconnect packet: the
+        official client reconnects and joins again."""
+        self.sio.close_connection(sid)
 
 
 class SessionTable:
@@ -161,10 +149,12 @@ class Dispatch:
         *,
         connect: Callable[..., Awaitable[None]],
         disconnect: Callable[..., Awaitable[None]],
+        recover: Callable[..., Awaitable[None]],
     ) -> None:
         """Bind the connection handlers and every route, guarded; unknown events are ignored."""
         self.link.on("connect", connect)
         self.link.on("disconnect", disconnect)
+        self.link.on("recover", recover)
         for event, handler in routes.items():
             self.link.on(event, self.guard(event, handler))
         self.link.on("*", self.ignore_unknown)
@@ -327,18 +317,6 @@ class Dispatch:
         await self.out.to_sid(session.sid, channel, payloads.rate_limited(message, wait))
 
     # -- replies -------------------------------------------------------------------------------
-
-    async def malformed(self, sid: str, event: str | None) -> None:
-        """A packet that could not be decoded at all (SPEC §8): answered with ``error
-        INVALID_PAYLOAD``, except before joining when its event can be read and is not a join
-        (events other than a join are ignored until then)."""
-        self.bad_inputs += 1
-        session = self.sessions.get(sid)
-        if session is None or session.closing_reason is not None:
-            return
-        if not session.joined and event is not None and event != "join:space":
-            return  # an event that is ignored before joining, however malformed
-        await self.reply_error(session, None, self.texts.text("error.malformed_packet"))
 
     async def reply_error(self, session: Session, channel: str | None, message: str) -> None:
         """Bad input: on the event's error channel, else ``error INVALID_PAYLOAD``."""

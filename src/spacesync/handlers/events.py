@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import socketio
-
 from ..chatlog import ChatLog
 from ..config import Settings
 from ..fanout import Broadcaster
@@ -27,6 +25,7 @@ from ..observability.abuse import AbuseCounters
 from ..state.base import Departed, StateStore
 from ..storage import Storage
 from ..texts import Catalog
+from ..transport import SocketServer
 from .auth import Authenticator
 from .chat import Chat, ChatLines
 from .dispatch import Dispatch, Handler, SessionTable, SocketLink
@@ -46,7 +45,7 @@ class SpaceServer:
 
     def __init__(
         self,
-        sio: socketio.AsyncServer,
+        sio: SocketServer,
         settings: Settings,
         store: StateStore,
         broadcaster: Broadcaster,
@@ -157,8 +156,12 @@ class SpaceServer:
             **self.live.routes(),
         }
         self.dispatch.register(
-            routes, connect=self.membership.on_connect, disconnect=self.membership.on_disconnect
+            routes,
+            connect=self.membership.on_connect,
+            disconnect=self.membership.on_disconnect,
+            recover=self.membership.on_recover,
         )
+        self.link.on_raw_event(self.movement.fast_message)
 
     # -- what the node reads and sets ----------------------------------------------------------
 
@@ -185,12 +188,6 @@ class SpaceServer:
         return self.sessions.local_spaces()
 
     # -- the transport's entry points ------------------------------------------------------------
-
-    def fast_message(self, eio_sid: str, text: str) -> bool:
-        return self.movement.fast_message(eio_sid, text)
-
-    async def malformed(self, sid: str, event: str | None) -> None:
-        await self.dispatch.malformed(sid, event)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         await self.membership.on_disconnect(sid, reason)

@@ -79,20 +79,40 @@ class Membership:
 
     # -- connection ----------------------------------------------------------------------------
 
-    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    async def on_connect(self, sid: str, address: str, auth: Any = None) -> None:
+        """``address``: the client address the transport resolved (``X-Forwarded-For`` from a
+        trusted proxy)."""
         if self.sessions.shutting_down:
             raise connect_refused(protocol.CONNECT_SHUTTING_DOWN)
-        # The client address the transport resolved (X-Forwarded-For from a trusted proxy).
-        address = environ.get("spacesync.address") or _client_address(environ)
-        # The request's environment (every header, the request object) would otherwise stay
-        # referenced for the whole life of the connection; nothing reads it after this.
-        environ.clear()
         session = Session(sid=sid, address=address)
         if isinstance(auth, dict) and isinstance(auth.get("sessionToken"), str):
             await self.auth.verify_at_connect(session, auth)
         self.sessions.add(session)
-        self.link.forget_environ(sid)  # not needed after the connect
         log.info("E2001", "Client connected", socketId=sid, address=address)
+
+    async def on_recover(self, sid: str) -> None:
+        """A socket came back within ``RECOVERY_WINDOW``: the transport replayed the events it
+        missed, and it never left its space. Positions are not replayed (only the newest
+        counts), so it is sent where everyone in its space is now."""
+        session = self.sessions.get(sid)
+        if session is None or session.closing_reason is not None:
+            return
+        log.info("E2001", "Client resumed its connection", **session.context())
+        if not session.joined or session.space_id is None or session.identity is None:
+            return
+        own = session.identity.player_id
+        try:
+            players = await self.store.players(session.space_id)
+        except StoreUnavailable:
+            return
+        moved = [p.moved() for p in players if p.identity.player_id != own]
+        if not moved:
+            return
+        if session.batching:
+            await self.out.to_sid(sid, "players:moved", moved)
+        else:
+            for payload in moved:
+                await self.out.to_sid(sid, "player:moved", payload)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         session = self.sessions.remove(sid)
@@ -453,10 +473,3 @@ class Membership:
     async def announce_restored(self, space_id: str, player: PlayerState) -> None:
         """A player of this node the others did not know of (after a Redis outage)."""
         self.out.publish_remote(space_id, "player:joined", player.position())
-
-
-def _client_address(environ: dict[str, Any]) -> str:
-    request = environ.get("aiohttp.request")
-    if request is not None and getattr(request, "remote", None):
-        return str(request.remote)
-    return str(environ.get("REMOTE_ADDR", ""))

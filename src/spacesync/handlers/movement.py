@@ -23,7 +23,7 @@ from . import payloads
 from .dispatch import Dispatch, Handler, SessionTable, SocketLink
 from .session import Session
 
-_MOVE_PREFIX = '42["player:move",'
+_MOVE_PREFIX = '2["player:move",'
 
 
 class Movement:
@@ -47,18 +47,18 @@ class Movement:
     def routes(self) -> dict[str, Handler]:
         return {"player:move": self.move, "player:jump": self.jump}
 
-    def fast_message(self, eio_sid: str, text: str) -> bool:
-        """Handle a well-formed ``player:move`` from a joined socket without the Socket.IO
-        dispatch; return False (and touch nothing) for anything else, which then takes the
-        ordinary path with its validation errors and replies."""
+    def fast_message(self, sid: str, text: str) -> bool:
+        """Handle a well-formed ``player:move`` (the Socket.IO packet text ``2["player:move",
+        ...]``) from a joined socket without the Socket.IO dispatch; return False (and touch
+        nothing) for anything else, which then takes the ordinary path with its validation
+        errors and replies."""
         if not text.startswith(_MOVE_PREFIX):
             return False
-        sid = self.link.sid_of(eio_sid)
-        session = self.sessions.get(sid) if sid is not None else None
+        session = self.sessions.get(sid)
         if session is None or session.closing_reason is not None or not session.joined:
             return False
         try:
-            args = orjson.loads(text[2:])
+            args = orjson.loads(text[1:])
             if not isinstance(args, list) or len(args) != 2:
                 return False
             move = protocol.parse_move(protocol.check_envelope((args[1],)))

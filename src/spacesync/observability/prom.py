@@ -47,7 +47,7 @@ output 1.0.0 (names outside the classic character set escaped); every name and l
 of the classic set, so the output is the same and is served as what Prometheus asked for."""
 OTHER_EVENT = "other"
 """The ``event`` label of events the server has no handler for (whatever their name)."""
-_SOCKETIO_OWN = frozenset({"connect", "disconnect", "*"})
+_SOCKETIO_OWN = frozenset({"connect", "connected", "disconnect", "recover", "*"})
 
 TICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 MOVE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
@@ -136,23 +136,24 @@ class EventCounts:
         return cell
 
     def install(self, sio: Any) -> None:
-        handlers: dict[str, Any] = sio.handlers.get("/", {})
-        for event, handler in list(handlers.items()):
+        """Re-register every event handler of the main namespace, counted."""
+        handlers: dict[str, Any] = dict(sio.namespaces["/"].handlers)
+        for event, handler in handlers.items():
             if event in _SOCKETIO_OWN and event != "*":
                 continue
             cell = self.cell(OTHER_EVENT if event == "*" else event)
-            handlers[event] = _counted(handler, cell)
-        fast = getattr(sio.eio, "fast_message", None)
+            sio.on(event, _counted(handler, cell))
+        fast = sio.fast
         if fast is not None:
             move = self.cell("player:move")
 
-            def fast_message(eio_sid: str, text: str) -> bool:
-                if fast(eio_sid, text):
+            def fast_message(sid: str, text: str) -> bool:
+                if fast(sid, text):
                     move[0] += 1
                     return True
                 return False
 
-            sio.eio.fast_message = fast_message
+            sio.on_raw_event(fast_message)
 
     def snapshot(self) -> dict[str, int]:
         return {event: cell[0] for event, cell in sorted(self.cells.items())}

@@ -13,8 +13,6 @@ import hashlib
 import re
 from functools import cache
 from importlib import resources
-from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -62,29 +60,10 @@ async def serve(request: web.Request) -> web.Response:
     )
 
 
-def _with_own_origin(allowed: Any) -> Any:
-    """Engine.IO's origin rule, widened to the server's own origin (the playground's page)."""
-    if allowed is None or allowed == "*" or (isinstance(allowed, list) and "*" in allowed):
-        return allowed
-    listed = [allowed] if isinstance(allowed, str) else list(allowed)
-
-    def accept(origin: str | None, environ: dict[str, Any]) -> bool:
-        if origin in listed:
-            return True
-        try:
-            parts = urlsplit(origin or "")
-        except ValueError:
-            return False
-        host = environ.get("HTTP_HOST", "")
-        return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
-
-    return accept
-
-
-def install(router: web.UrlDispatcher, engine: Any, settings: Settings) -> None:
-    """In development mode, serve ``GET /playground`` and let the page's own origin open
-    Socket.IO connections; in production nothing changes (the path is an unknown one, 404)."""
+def install(router: web.UrlDispatcher, settings: Settings) -> None:
+    """In development mode, serve ``GET /playground`` (the node lets the page's own origin open
+    Socket.IO connections there); in production nothing changes (the path is an unknown one,
+    404)."""
     if not settings.development:
         return
     router.add_get(PATH, serve)
-    engine.cors_allowed_origins = _with_own_origin(engine.cors_allowed_origins)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
@@ -64,6 +65,9 @@ class EngineOptions:
     max_payload: int = 1_000_000
     cors_origins: Sequence[str] | str = ()
     """Allowed browser origins, or ``"*"`` for any. A request from another origin is refused."""
+    allow_own_origin: bool = False
+    """Also accept requests from the server's own origin (``Origin`` naming the ``Host`` the
+    request was sent to): a page the server itself serves."""
     upgrade_timeout: float = 10.0
     """A WebSocket opened to upgrade a session must finish the upgrade within this time."""
     buffer_limit: int = 4 * 1024 * 1024
@@ -158,6 +162,11 @@ class Connection:
             self.engine.write(self, frame if frame is not None else ws_frame(packet))
         else:
             self._enqueue(packet.decode())
+
+    def send_frames(self, frames: bytes) -> None:
+        """Pre-built WebSocket frames, for a connection that is :attr:`direct`."""
+        if not self.closed and self._tx is not None and not self.upgrading:
+            self.engine.write(self, frames)
 
     def send_text(self, packet: str) -> None:
         if self.closed:
@@ -266,7 +275,7 @@ class Connection:
             if poll is not None and not poll.done():
                 self._queue.append(codec.CLOSE if graceful else codec.NOOP)
                 poll.set_result(None)
-            elif graceful and self._queue:
+            elif graceful:
                 # What was sent before the close (a Socket.IO DISCONNECT, an error) is still
                 # handed to the client's next long-poll, with the CLOSE packet.
                 self._queue.append(codec.CLOSE)
@@ -440,7 +449,7 @@ class EngineServer:
             return {}
         if allowed == "*":
             return {"Access-Control-Allow-Origin": "*"}
-        if origin in allowed:
+        if origin in allowed or (self.options.allow_own_origin and _own_origin(origin, request)):
             return {
                 "Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Credentials": "true",
@@ -456,7 +465,7 @@ class EngineServer:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cors = self._cors(request)
         if cors is None:
-            return web.json_response({"code": 3, "message": "Not an accepted origin"}, status=403)
+            return self._error(4, status=403)  # not an accepted origin
         if request.method == "OPTIONS":
             headers = dict(cors)
             headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
@@ -725,3 +734,12 @@ class EngineServer:
             conn.close(TRANSPORT_ERROR, graceful=False)
         finally:
             conn._ws = None
+
+
+def _own_origin(origin: str, request: web.Request) -> bool:
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    host = request.headers.get("Host", "")
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host

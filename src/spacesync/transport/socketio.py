@@ -108,7 +108,7 @@ class Socket:
 class Client:
     """What belongs to one Engine.IO session: its sockets, by namespace."""
 
-    __slots__ = ("attachments", "conn", "pending", "sockets", "timer")
+    __slots__ = ("attachments", "conn", "pending", "refused", "sockets", "timer")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -117,6 +117,8 @@ class Client:
         self.pending: Packet | None = None
         """A binary packet waiting for its attachments."""
         self.attachments: list[bytes] = []
+        self.refused = False
+        """Closed for its input (and reported as such)."""
 
 
 class Namespace:
@@ -144,7 +146,6 @@ class SocketServer:
         connect_timeout: float = 45.0,
         allow_binary: bool = False,
         recovery_window: float = 0.0,
-        fast: Callable[[str, str], bool] | None = None,
         on_refused: Callable[[Connection, str | None, str, str], None] | None = None,
         gate: Gate | None = None,
         address_of: Callable[[web.Request], str] | None = None,
@@ -157,9 +158,7 @@ class SocketServer:
         self.connect_timeout = connect_timeout
         self.allow_binary = allow_binary
         self.recovery_window = recovery_window
-        self.fast = fast
-        """``(sid, packet text) -> handled``: called for each event of the main namespace before
-        it is decoded; the packet goes the ordinary way when it returns False."""
+        self.fast: Callable[[str, str], bool] | None = None
         self.on_refused = on_refused
         """``(connection, sid, kind, detail)``: input the connection was closed for."""
         self.namespaces: dict[str, Namespace] = {"/": Namespace("/")}
@@ -180,6 +179,12 @@ class SocketServer:
         if nsp is None:
             nsp = self.namespaces[namespace] = Namespace(namespace)
         nsp.handlers[event] = handler
+
+    def on_raw_event(self, handler: Callable[[str, str], bool]) -> None:
+        """Register ``(sid, packet text) -> handled``, called for each event packet of the main
+        namespace before it is decoded (a hot path); the packet goes the ordinary way when it
+        returns False."""
+        self.fast = handler
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         return await self.engine.handle(request)
@@ -371,6 +376,9 @@ class SocketServer:
         client: Client | None = conn.owner
         if client is None:
             return
+        if reason == PARSE_ERROR and not client.refused and self.on_refused is not None:
+            # not an Engine.IO packet at all (the engine closed the session)
+            self.on_refused(conn, self._sid(client), "malformedPacket", "not an Engine.IO packet")
         if client.timer is not None:
             client.timer.cancel()
             client.timer = None
@@ -430,6 +438,7 @@ class SocketServer:
 
     def _refuse(self, client: Client, sid: str | None, kind: str, detail: str) -> None:
         conn = client.conn
+        client.refused = True
         if self.on_refused is not None:
             self.on_refused(conn, sid, kind, detail)
         conn.abort(PARSE_ERROR)
