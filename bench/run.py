@@ -412,12 +412,14 @@ def export_revision(rev: str, run_dir: Path) -> tuple[str, Path]:
         text=True,
         check=True,
     ).stdout.strip()
-    dest = run_dir / f"spacesync-{full[:10]}"
+    dest = (run_dir / f"spacesync-{full[:10]}").resolve()
     dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
         ["git", "archive", full, "src"], cwd=REPO, capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    if not (dest / "src" / "spacesync" / "__init__.py").is_file():
+        raise SystemExit(f"{rev}: no src/spacesync in that revision")
     return full, dest / "src"
 
 
@@ -1016,6 +1018,7 @@ def baseline_summary(
                 f"batched, {args.baseline_rate:g} moves/s",
                 "round": k,
                 "values": {name: r.get("server_us_per_update") for name, r in cpu.items()},
+                "display": {name: fmt(r.get("server_us_per_update"), 2) for name, r in cpu.items()},
                 "gen_cpu": {name: r.get("gen_cpu_pct") for name, r in cpu.items()},
                 "noise": {name: r.get("noise_pct") for name, r in cpu.items()},
                 "lower_is_better": True,
