@@ -134,12 +134,15 @@ async def test_two_joins_at_once_put_a_socket_in_one_space(
     bridge: Bridge, cluster: Cluster
 ) -> None:
     """Two long-polling POSTs at once (or one WebSocket write) carrying joins of two spaces:
-    the socket ends up in exactly one of them, on every node and in Redis, and when it closes
-    it is in none."""
+    the socket ends up in at most one of them, on every node and in Redis, and when it closes
+    it is in none. Overlapping POSTs close the session (the Engine.IO protocol says so) while
+    the first join may still be under way: such a socket must end up in no space at all;
+    otherwise (the POSTs did not overlap, or one WebSocket write) it is in exactly one."""
     a, b = await cluster(2, HANDSHAKES_PER_IP="0")
     first, second = space_id(), space_id()
     tries = 20
     players: list[tuple[str, PollingPlayer | WsPlayer]] = []
+    closed: set[str] = set()
     for i in range(tries):
         node = (a, b)[i % 2]
         player_id = unique(f"double{i}")
@@ -150,7 +153,9 @@ async def test_two_joins_at_once_put_a_socket_in_one_space(
         if i % 4 < 3:
             # Two POSTs at once, one join each: the requests are handled concurrently.
             polling = await PollingPlayer(node).open()
-            await asyncio.gather(*(polling.post(join) for join in joins))
+            statuses = await asyncio.gather(*(polling.post(join) for join in joins))
+            if any(status != 200 for status in statuses):
+                closed.add(player_id)
             players.append((player_id, polling))
         else:
             ws = await WsPlayer(node).open()
@@ -162,7 +167,7 @@ async def test_two_joins_at_once_put_a_socket_in_one_space(
     in_second = set(await presence_ids(b, second))
     both = in_first & in_second
     assert not both, f"{len(both)} of {tries} sockets are in two spaces at once"
-    assert in_first | in_second == {pid for pid, _ in players}
+    assert in_first | in_second == {pid for pid, _ in players} - closed
     assert await roster_in_redis(first) | await roster_in_redis(second) == in_first | in_second
 
     for _, player in players:
