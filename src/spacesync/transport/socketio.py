@@ -220,7 +220,7 @@ class SocketServer:
         sock = self.sockets.get(sid)
         if sock is None:
             return
-        if seq and sock.replay is not None:
+        if seq and sock.pid is not None:
             self._keep(sock, seq, packet)
         if sock.connected:
             client = sock.client
@@ -235,7 +235,8 @@ class SocketServer:
 
     def _keep(self, sock: Socket, seq: int, packet: bytes) -> None:
         replay = sock.replay
-        assert replay is not None
+        if replay is None:
+            replay = sock.replay = deque()  # made at the first event: most sockets idle
         now = time.monotonic()
         sock.last_seq = seq
         if sock.connected:
@@ -522,7 +523,6 @@ class SocketServer:
         body = {"sid": sid}
         if self.recovery_window and name == "/":
             sock.pid = secrets.token_urlsafe(16)
-            sock.replay = deque()
             body["pid"] = sock.pid
         after = nsp.handlers.get("connected")
         if after is None:
@@ -549,10 +549,10 @@ class SocketServer:
         """Resume a held socket; False (and the client connects afresh) when it cannot be."""
         pid, offset = auth.get("pid"), auth.get("offset")
         sock = self._held.get(pid) if isinstance(pid, str) else None
-        if sock is None or sock.namespace != name or sock.connected or sock.replay is None:
+        if sock is None or sock.namespace != name or sock.connected:
             self.recovery_failed += 1
             return False
-        replay = sock.replay
+        replay = sock.replay or ()
         missed: list[bytes] | None
         if offset is None:
             missed = None if sock.pruned else [p for _, _, p in replay]
