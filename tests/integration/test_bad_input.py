@@ -598,9 +598,16 @@ async def test_unknown_events_are_ignored(
             ("room:joined", [{"spaceId": "fake", "players": []}]),
             ("chat:system", [{"content": "fake system notice"}]),
             ("x" * 500, [None]),
+            # names of the server's own handlers are not events a client can call
+            ("*", []),
+            ("*", [{"x": 1}]),
+            ("recover", []),
+            ("recover", [1]),
+            ("connected", []),
         ]
     )
     await assert_still_working(sender, watcher, "unknown-events")
+    await sender.expect_nothing("player:moved", within=0)
     for channel in ERROR_CHANNELS:
         await sender.expect_nothing(channel, within=0)
     await watcher.expect_nothing(

@@ -141,7 +141,7 @@ def decode_packet(text: str) -> Packet:
     if kind in (S_BINARY_EVENT, S_BINARY_ACK):
         dash = text.find("-", i)
         digits = text[i:dash] if dash > 0 else ""
-        if not digits.isdigit() or len(digits) > 6:
+        if not _digits(digits) or len(digits) > 6:
             raise BadPacket("bad attachment count")
         attachments = int(digits)
         i = dash + 1
@@ -156,30 +156,36 @@ def decode_packet(text: str) -> Packet:
             i = comma + 1
     ack: int | None = None
     start = i
-    while i < n and text[i].isdigit():
+    while i < n and "0" <= text[i] <= "9":
         i += 1
     if i > start:
         if i - start > 15:
             raise BadPacket("bad ack id")
         ack = int(text[start:i])
     data: Any = None
-    if i < n:
+    present = i < n
+    if present:
         try:
             data = loads(text[i:])
         except ValueError as exc:
             raise BadPacket("payload is not JSON") from exc
     packet = Packet(kind, namespace, data, ack, attachments)
-    if not _valid(packet):
+    if not _valid(packet, present):
         raise BadPacket("invalid payload")
     return packet
 
 
-def _valid(packet: Packet) -> bool:
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes ``²`` or ``٣``)."""
+    return text.isascii() and text.isdigit()
+
+
+def _valid(packet: Packet, present: bool) -> bool:
     kind, data = packet.type, packet.data
     if kind == S_CONNECT:
-        return data is None or isinstance(data, dict)
+        return not present or isinstance(data, dict)
     if kind == S_DISCONNECT:
-        return data is None
+        return not present
     if kind in (S_EVENT, S_BINARY_EVENT):
         if not isinstance(data, list) or not data:
             return False

@@ -59,6 +59,8 @@ MAX_REPLAY = 1000
 """Events kept per socket for a replay; a held socket that would need more is let go."""
 
 Handler = Callable[..., Awaitable[Any]]
+OWN = frozenset({"connect", "connected", "disconnect", "recover", "*"})
+"""Handler names of the server's own: an event of that name is an unknown event."""
 
 
 class ConnectionRefused(Exception):
@@ -556,7 +558,7 @@ class SocketServer:
         missed: list[bytes] | None
         if offset is None:
             missed = None if sock.pruned else [p for _, _, p in replay]
-        elif isinstance(offset, str) and offset.isdigit() and len(offset) < 20:
+        elif isinstance(offset, str) and offset.isascii() and offset.isdigit() and len(offset) < 20:
             seq = int(offset)
             if seq == sock.last_seq:
                 missed = []
@@ -593,7 +595,7 @@ class SocketServer:
         args = packet.data
         event = args[0]
         handlers = self.namespaces[sock.namespace].handlers
-        handler = handlers.get(event) if isinstance(event, str) else None
+        handler = handlers.get(event) if isinstance(event, str) and event not in OWN else None
         try:
             if handler is not None:
                 result = await handler(sock.sid, *args[1:])
