@@ -6,9 +6,8 @@
 // - `player:move` only records the player's newest state (no emit per move).
 // - Every 50 ms a tick sends what changed since the previous tick, per space:
 //   * clients that joined with `positionBatching: true` get ONE `players:moved` array per tick
-//     holding every changed player except themselves. Those that did not move in the tick all
-//     get the same array, so it goes out as one room broadcast (encoded once); each of those
-//     that moved gets its own array without its own entry (one emit per recipient).
+//     holding every changed player: one room broadcast, encoded once (a client skips its own
+//     entry).
 //   * the other clients get one `player:moved` per changed player except their own: one room
 //     broadcast per changed player (encoded once), `except` the mover's socket.
 // - Rooms, `io.to(room).except(...)` and `socket.emit` only: public Socket.IO API, compression
@@ -192,30 +191,8 @@ function flushSpace(spaceId, space) {
   }
 
   if (space.batched.size > 0) {
-    // Batched clients that did not move get the whole array: one broadcast, encoded once.
-    const batchedMovers = [];
-    const moverIndex = [];
-    for (let i = 0; i < entries.length; i++) {
-      const s = space.batched.get(entries[i].id);
-      if (s !== undefined) {
-        batchedMovers.push(s);
-        moverIndex.push(i);
-      }
-    }
-    if (batchedMovers.length < space.batched.size) {
-      io.to(batchRoom(spaceId))
-        .except(batchedMovers.map((s) => s.id))
-        .emit("players:moved", entries);
-    }
-    // Each batched client that moved gets the array without its own entry.
-    if (entries.length > 1) {
-      for (let k = 0; k < batchedMovers.length; k++) {
-        const i = moverIndex[k];
-        const others = entries.slice(0, i);
-        for (let j = i + 1; j < entries.length; j++) others.push(entries[j]);
-        batchedMovers[k].emit("players:moved", others);
-      }
-    }
+    // One broadcast to every batched client, encoded once (each client skips its own entry).
+    io.to(batchRoom(spaceId)).emit("players:moved", entries);
   }
 }
 
