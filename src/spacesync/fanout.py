@@ -24,6 +24,7 @@ import orjson
 from .observability.timing import NOT_OBSERVED, Observer
 from .transport import Connection, SocketServer
 from .transport.codec import ws_frame as _ws_frame
+from .transport.codec import ws_text_head as _ws_text_head
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -392,6 +393,7 @@ class Broadcaster:
         its own entry cut out by slicing, not rebuilt item by item.
         """
         joined = b",".join(bodies)
+        view = memoryview(joined)
         starts: list[int] = []
         position = 0
         for body in bodies:
@@ -400,6 +402,7 @@ class Broadcaster:
         everything = _BATCH_PREFIX + joined + b"]]"
         everything_frame = _ws_frame(everything)
         last = len(bodies) - 1
+        framing = len(_BATCH_PREFIX) + 2
         connection = self.sio.connection
         for sid in list(sids):
             conn = connection(sid)
@@ -413,18 +416,22 @@ class Broadcaster:
                 conn.send(everything, everything_frame)
                 continue
             if len(mine) == 1 and last > 0:
+                # the shared array without this recipient's entry: slices of one buffer,
+                # written as they are (no copy per recipient)
                 i = mine[0]
                 if i == last:
-                    rest = joined[: starts[i] - 1]
+                    parts = [view[: starts[i] - 1]]
                 else:
-                    rest = joined[: starts[i]] + joined[starts[i + 1] :]
-                packet = _BATCH_PREFIX + rest + b"]]"
-            else:
-                kept = [b for index, b in enumerate(bodies) if index not in mine]
-                if not kept:
-                    continue
-                packet = _BATCH_PREFIX + b",".join(kept) + b"]]"
-            conn.send(packet)
+                    parts = [view[: starts[i]], view[starts[i + 1] :]]
+                if conn.direct:
+                    size = framing + sum(len(p) for p in parts)
+                    conn.send_pieces([_ws_text_head(size) + _BATCH_PREFIX, *parts, b"]]"])
+                else:
+                    conn.send(_BATCH_PREFIX + b"".join(parts) + b"]]")
+                continue
+            kept = [b for index, b in enumerate(bodies) if index not in mine]
+            if kept:
+                conn.send(_BATCH_PREFIX + b",".join(kept) + b"]]")
 
     def _deliver(
         self, sid: str, packet: bytes, frame: bytes | None = None, seq: int | None = None

@@ -24,6 +24,7 @@ from .dispatch import Dispatch, Handler, SessionTable, SocketLink
 from .session import Session
 
 _MOVE_PREFIX = '2["player:move",'
+_NESTED = (dict, list)
 
 
 class Movement:
@@ -59,9 +60,14 @@ class Movement:
             return False
         try:
             args = orjson.loads(text[1:])
-            if not isinstance(args, list) or len(args) != 2:
+            if type(args) is not list or len(args) != 2:
                 return False
-            move = protocol.parse_move(protocol.check_envelope((args[1],)))
+            data = args[1]
+            # Scalars only (nothing nested, and JSON text has no binary): the envelope check
+            # has nothing to refuse; anything else takes the ordinary path.
+            if type(data) is not dict or any(type(v) in _NESTED for v in data.values()):
+                return False
+            move = protocol.parse_move(data)
         except Exception:
             return False  # the ordinary path validates it again and answers
         self.dispatch.events_handled += 1

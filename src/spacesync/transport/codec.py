@@ -70,6 +70,15 @@ def ws_frame(payload: bytes, binary: bool = False) -> bytes:
     return struct.pack("!BBQ", first, 127, length) + payload
 
 
+def ws_text_head(length: int) -> bytes:
+    """The header of an unmasked, final text frame of ``length`` payload bytes."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
 WS_CLOSE_FRAME = b"\x88\x02\x03\xe8"
 """A close frame with status 1000 (normal closure)."""
 

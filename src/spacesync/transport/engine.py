@@ -85,6 +85,9 @@ class EngineHandler(Protocol):
 
     async def message(self, conn: Connection, data: str | bytes) -> None: ...
 
+    # optional: ``message_nowait(conn, text) -> bool``, a synchronous hot path tried first for
+    # text messages read from a WebSocket
+
     def closed(self, conn: Connection, reason: str) -> None: ...
 
 
@@ -167,6 +170,13 @@ class Connection:
         """Pre-built WebSocket frames, for a connection that is :attr:`direct`."""
         if not self.closed and self._tx is not None and not self.upgrading:
             self.engine.write(self, frames)
+
+    def send_pieces(self, pieces: list[bytes | memoryview]) -> None:
+        """One WebSocket frame in pieces (its header first), written without joining them:
+        a broadcast can hand each recipient slices of one shared buffer. For a connection
+        that is :attr:`direct`."""
+        if not self.closed and self._tx is not None and not self.upgrading:
+            self.engine.write_pieces(self, pieces)
 
     def send_text(self, packet: str) -> None:
         if self.closed:
@@ -290,7 +300,7 @@ class Connection:
 
 @dataclass(slots=True)
 class _Writes:
-    pending: dict[Connection, list[bytes]] = field(default_factory=dict)
+    pending: dict[Connection, list[bytes | memoryview]] = field(default_factory=dict)
     scheduled: bool = False
     last: float = 0.0
 
@@ -348,6 +358,22 @@ class EngineServer:
         else:
             pending.append(data)
 
+    def write_pieces(self, conn: Connection, pieces: list[bytes | memoryview]) -> None:
+        writes = self._writes
+        pending = writes.pending.get(conn)
+        if pending is None:
+            writes.pending[conn] = pieces
+            if not writes.scheduled:
+                writes.scheduled = True
+                loop = self.loop
+                delay = writes.last + WRITE_WINDOW - loop.time()
+                if delay <= 0:
+                    loop.call_soon(self.flush_all)
+                else:
+                    loop.call_later(delay, self.flush_all)
+        else:
+            pending.extend(pieces)
+
     def pending_bytes(self, conn: Connection) -> int:
         pending = self._writes.pending.get(conn)
         return sum(map(len, pending)) if pending else 0
@@ -365,14 +391,17 @@ class EngineServer:
             if tx.get_write_buffer_size() > limit:
                 self.too_slow(conn)
                 continue
-            tx.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if len(chunks) == 1:
+                tx.write(chunks[0])
+            else:
+                tx.writelines(chunks)
 
     def flush(self, conn: Connection) -> None:
         """Write what is collected for ``conn`` now (before it is closed)."""
         chunks = self._writes.pending.pop(conn, None)
         tx = conn._tx
         if chunks and tx is not None and not tx.is_closing():
-            tx.write(b"".join(chunks))
+            tx.writelines(chunks)
 
     def discard(self, conn: Connection) -> None:
         self._writes.pending.pop(conn, None)
@@ -708,6 +737,7 @@ class EngineServer:
         receive = ws.receive
         engine_receive = self._receive
         message = self.handler.message
+        nowait = getattr(self.handler, "message_nowait", None)
         try:
             while not conn.closed:
                 msg = await receive()
@@ -715,7 +745,9 @@ class EngineServer:
                 if kind is WSMsgType.TEXT:
                     data = msg.data
                     if data[:1] == codec.MESSAGE:
-                        await message(conn, data[1:])
+                        text = data[1:]
+                        if nowait is None or not nowait(conn, text):
+                            await message(conn, text)
                     elif data:
                         await engine_receive(conn, data)
                     else:

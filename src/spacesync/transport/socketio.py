@@ -400,6 +400,19 @@ class SocketServer:
                 self.engine.spawn(self._disconnected(sock, reason))
         client.sockets = {}
 
+    def message_nowait(self, conn: Connection, data: str) -> bool:
+        """The hot path, without a coroutine: an event of the main namespace (the text of an
+        Engine.IO message, ``2[...``) that the raw-event handler takes; False for anything
+        else, which then goes through :meth:`message`."""
+        fast = self.fast
+        if fast is None or data[:2] != "2[":
+            return False
+        client: Client | None = conn.owner
+        if client is None or client.pending is not None:
+            return False
+        sock = client.sockets.get("/")
+        return sock is not None and fast(sock.sid, data)
+
     async def message(self, conn: Connection, data: str | bytes) -> None:
         client: Client | None = conn.owner
         if client is None or conn.closed:
