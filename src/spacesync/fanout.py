@@ -403,6 +403,7 @@ class Broadcaster:
         everything_frame = _ws_frame(everything)
         last = len(bodies) - 1
         framing = len(_BATCH_PREFIX) + 2
+        total = len(joined)
         connection = self.sio.connection
         for sid in list(sids):
             conn = connection(sid)
@@ -420,11 +421,13 @@ class Broadcaster:
                 # written as they are (no copy per recipient)
                 i = mine[0]
                 if i == last:
-                    parts = [view[: starts[i] - 1]]
+                    cut = starts[i] - 1
+                    parts = [view[:cut]]
+                    size = framing + cut
                 else:
                     parts = [view[: starts[i]], view[starts[i + 1] :]]
+                    size = framing + total - (starts[i + 1] - starts[i])
                 if conn.direct:
-                    size = framing + sum(len(p) for p in parts)
                     conn.send_pieces([_ws_text_head(size) + _BATCH_PREFIX, *parts, b"]]"])
                 else:
                     conn.send(_BATCH_PREFIX + b"".join(parts) + b"]]")
