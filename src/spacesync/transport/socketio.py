@@ -20,7 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import deque
+from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,6 +55,8 @@ CLIENT_DISCONNECT = "client namespace disconnect"
 SERVER_DISCONNECT = "server namespace disconnect"
 RECOVERABLE = frozenset({TRANSPORT_CLOSE, TRANSPORT_ERROR, PING_TIMEOUT})
 """Ways of losing a client after which its sockets are held for recovery."""
+REPLAY_SWEEP = 15.0
+"""Seconds between sweeps of the events kept for replays."""
 MAX_REPLAY = 1000
 """Events kept per socket for a replay; a held socket that would need more is let go."""
 
@@ -94,7 +96,7 @@ class Socket:
         self.client = client
         self.connected = False
         self.pid: str | None = None
-        self.replay: deque[tuple[int, float, bytes]] | None = None
+        self.replay: Replay | None = None
         self.last_seq = 0
         self.pruned = False
         self.expiry: asyncio.TimerHandle | None = None
@@ -105,6 +107,39 @@ class Socket:
     def conn(self) -> Connection | None:
         client = self.client
         return client.conn if client is not None else None
+
+
+class Replay:
+    """The events kept for a socket's replay, in three compact columns (a few bytes per event
+    instead of a tuple each: thousands of sockets keep dozens of events)."""
+
+    __slots__ = ("packets", "seqs", "times")
+
+    def __init__(self) -> None:
+        self.seqs = array("q")
+        self.times = array("d")
+        self.packets: list[bytes] = []
+
+    def add(self, seq: int, at: float, packet: bytes) -> None:
+        self.seqs.append(seq)
+        self.times.append(at)
+        self.packets.append(packet)
+
+    def drop_before(self, at: float, room: int) -> bool:
+        """Forget the events kept from before ``at``, and the oldest beyond ``room``; True when
+        anything was forgotten."""
+        times = self.times
+        n = 0
+        limit = len(times)
+        while n < limit and times[n] < at:
+            n += 1
+        n = max(n, limit - room)
+        if n <= 0:
+            return False
+        del self.seqs[:n]
+        del self.times[:n]
+        del self.packets[:n]
+        return True
 
 
 class Client:
@@ -173,6 +208,7 @@ class SocketServer:
         self._ack_ids = 0
         self.recovered = 0
         self.recovery_failed = 0
+        self._sweeping = False
 
     # -- registration -------------------------------------------------------------------------
 
@@ -238,18 +274,17 @@ class SocketServer:
     def _keep(self, sock: Socket, seq: int, packet: bytes) -> None:
         replay = sock.replay
         if replay is None:
-            replay = sock.replay = deque()  # made at the first event: most sockets idle
+            replay = sock.replay = Replay()  # made at the first event: most sockets idle
         now = time.monotonic()
         sock.last_seq = seq
         if sock.connected:
             keep = self.options.ping_interval + self.options.ping_timeout + 5.0
-            while replay and (replay[0][1] < now - keep or len(replay) >= MAX_REPLAY):
-                replay.popleft()
+            if replay.drop_before(now - keep, MAX_REPLAY - 1):
                 sock.pruned = True
-        elif len(replay) >= MAX_REPLAY:
+        elif len(replay.packets) >= MAX_REPLAY:
             self._expire(sock)  # too much missed: the client starts afresh
             return
-        replay.append((seq, now, packet))
+        replay.add(seq, now, packet)
 
     async def emit(
         self, event: str, *args: Any, to: str, namespace: str = "/", volatile: bool = False
@@ -360,6 +395,22 @@ class SocketServer:
         client = Client(conn)
         conn.owner = client
         self._arm_connect_timeout(client)
+        if self.recovery_window and not self._sweeping:
+            self._sweeping = True
+            self.engine.loop.call_later(REPLAY_SWEEP, self._sweep_replays)
+
+    def _sweep_replays(self) -> None:
+        """Forget what connected sockets were sent longer ago than a heartbeat period (a quiet
+        socket would otherwise keep its last events for good)."""
+        now = time.monotonic()
+        before = now - (self.options.ping_interval + self.options.ping_timeout + 5.0)
+        for sock in list(self.sockets.values()):
+            replay = sock.replay
+            if replay is not None and sock.connected and replay.drop_before(before, MAX_REPLAY):
+                sock.pruned = True
+                if not replay.packets:
+                    sock.replay = None
+        self.engine.loop.call_later(REPLAY_SWEEP, self._sweep_replays)
 
     def _arm_connect_timeout(self, client: Client) -> None:
         if client.timer is not None:
@@ -567,16 +618,16 @@ class SocketServer:
         if sock is None or sock.namespace != name or sock.connected:
             self.recovery_failed += 1
             return False
-        replay = sock.replay or ()
+        replay = sock.replay or Replay()
         missed: list[bytes] | None
         if offset is None:
-            missed = None if sock.pruned else [p for _, _, p in replay]
+            missed = None if sock.pruned else list(replay.packets)
         elif isinstance(offset, str) and offset.isascii() and offset.isdigit() and len(offset) < 20:
             seq = int(offset)
             if seq == sock.last_seq:
                 missed = []
-            elif any(s == seq for s, _, _ in replay):
-                missed = [p for s, _, p in replay if s > seq]
+            elif seq in replay.seqs:
+                missed = replay.packets[replay.seqs.index(seq) + 1 :]
             else:
                 missed = None
         else:
