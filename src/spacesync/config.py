@@ -90,18 +90,28 @@ def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
     return None
 
 
+_CREDENTIALS = re.compile(r"//[^/?#@]*@")
+_WEBHOOK_TOKEN = re.compile(r"(/webhooks/[^/?#]+/)[^/?#]+")
+
+
+def _shown(url: str) -> str:
+    """A URL as an error message may show it: no password or user, no webhook token, no query."""
+    shown = _CREDENTIALS.sub("//***@", url.split("?", 1)[0].split("#", 1)[0])
+    return repr(_WEBHOOK_TOKEN.sub(r"\1***", shown))
+
+
 def _http_url(name: str, value: str) -> str:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
-        raise ConfigError(f"{name} is not a valid URL: {value!r}") from exc
+        raise ConfigError(f"{name} is not a valid URL: {_shown(value)}") from exc
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
         or any(c.isspace() or ord(c) < 32 for c in value)
     ):
-        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+        raise ConfigError(f"{name} must be an http(s) URL, got {_shown(value)}")
     return value.rstrip("/")
 
 
@@ -149,9 +159,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         try:
             parts = urlsplit(redis_url)
         except ValueError as exc:
-            raise ConfigError(f"REDIS_URL is not a valid URL: {redis_url!r}") from exc
+            raise ConfigError(f"REDIS_URL is not a valid URL: {_shown(redis_url)}") from exc
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-            raise ConfigError(f"REDIS_URL must be a redis:// URL, got {redis_url!r}")
+            raise ConfigError(f"REDIS_URL must be a redis:// URL, got {_shown(redis_url)}")
 
     log_level = env.get("LOG_LEVEL", "").strip().lower() or "info"
     if log_level == "warning":

@@ -381,3 +381,24 @@ def test_slow_client_and_address_limits() -> None:
 def test_bad_reliability_settings_stop_start_up(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("REDIS_URL", "http://:hunter2-pass@redis.example:6379/0", "hunter2-pass"),
+        ("REDIS_URL", "mysql://user:hunter2-pass@db.example/0", "hunter2-pass"),
+        (
+            "DISCORD_WEBHOOK_URL",
+            "ftp://discord.com/api/webhooks/123/tok-hunter2-en",
+            "tok-hunter2-en",
+        ),
+        ("APP_URL", "ftp://app.example/?key=hunter2-key", "hunter2-key"),
+        ("APP_URL", "http://admin:hunter2-pass@app.example:port/", "hunter2-pass"),
+    ],
+)
+def test_a_bad_url_is_named_without_its_secrets(name: str, value: str, secret: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({name: value})
+    assert name in str(refused.value)
+    assert secret not in str(refused.value)
