@@ -21,7 +21,14 @@ import aiohttp
 import pytest
 from wire import Client
 
-from support.server import free_port
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (this directory's tests also run on their own,
+    without the suite's shared helpers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 30.0
