@@ -217,9 +217,7 @@ class SpacesyncNode:
             arbiter=redis_store,  # in a cluster, a rejoin on any node continues the stay
         )
         self.alerter = DiscordAlerter(settings.discord_webhook_url, settings.hostname)
-        self.broadcaster = Broadcaster(
-            self.sio, self.bus, buffer_limit=settings.client_buffer_limit
-        )
+        self.broadcaster = Broadcaster(self.sio, self.bus)
         self.texts = Catalog(settings.locale)
         """What players read (notices, errors), in ``LOCALE``; handed to whatever answers them."""
         self.server = SpaceServer(

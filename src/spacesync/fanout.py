@@ -31,10 +31,9 @@ if TYPE_CHECKING:
 
 TICK_SECONDS = 0.05
 LAGGING_BYTES = 64 * 1024
-"""A WebSocket with more than this waiting in its send buffer gets positions folded: only the
-newest of each player is kept, and written once the client has caught up."""
-DEFAULT_CLIENT_BUFFER_LIMIT = 4 * 1024 * 1024
-"""A client with more than this many bytes waiting to be sent is disconnected."""
+"""The most a WebSocket may have waiting in its send buffer before it counts as lagging (the
+server sets the transport's ``lagging_bytes`` from it). A lagging client gets positions folded:
+only the newest of each player is kept, and written once the client has caught up."""
 _PLAIN_PREFIX = b'42["player:moved",'
 _BATCH_PREFIX = b'42["players:moved",['
 
@@ -72,14 +71,11 @@ class Broadcaster:
         sio: SocketServer,
         bus: Bus,
         tick: float = TICK_SECONDS,
-        buffer_limit: int = DEFAULT_CLIENT_BUFFER_LIMIT,
     ) -> None:
         self.sio = sio
         self.bus = bus
         """What is sent here also goes to the players on the other nodes (if there are any)."""
         self.tick = tick
-        self.buffer_limit = buffer_limit
-        self.lagging_bytes = min(LAGGING_BYTES, buffer_limit // 4)
         self._lagging: dict[Connection, _Lagging] = {}
         self._lag_timer = False
         self.positions_folded = 0
@@ -94,6 +90,12 @@ class Broadcaster:
         """space -> player -> the socket of that player on this node (for targeted events)."""
         self._members: dict[str, set[str]] = {}
         """space -> this node's sockets in the space."""
+
+    @property
+    def lagging_bytes(self) -> int:
+        """Send-buffer bytes past which a client is lagging: the transport's own threshold, so
+        the two cannot disagree."""
+        return self.sio.options.lagging_bytes
 
     @property
     def slow_disconnects(self) -> int:
