@@ -71,7 +71,6 @@ BARE_ERROR_KEYS: frozenset[str] = frozenset(
         "error.kicked.banned",
         "error.unavailable",
         "error.internal",
-        "error.malformed_packet",
         "error.event_name",
         "error.profile.nickname_taken",
         "error.rate_limited.disconnected",

@@ -39,7 +39,6 @@ TEXTS: dict[str, str] = {
     "error.auth_required": "Sign in to do this.",
     "error.unavailable": "This is unavailable for a moment; try again shortly",
     "error.internal": "Internal server error",
-    "error.malformed_packet": "Malformed packet",
     "error.event_name": "Event name must be a string",
     "error.profile.nickname_taken": "Another player here already uses that nickname",
     # -- rate limits (one key per kind of event; see RATE_LIMIT_KEYS) ------------------------

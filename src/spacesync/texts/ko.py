@@ -47,7 +47,6 @@ TEXTS: dict[str, str] = {
     "error.auth_required": "로그인한 뒤에 할 수 있습니다.",
     "error.unavailable": "지금은 잠시 이용할 수 없습니다. 조금 뒤에 다시 시도해 주세요.",
     "error.internal": "서버에서 오류가 발생했습니다.",
-    "error.malformed_packet": "형식이 잘못된 패킷입니다.",
     "error.event_name": "이벤트 이름은 문자열이어야 합니다.",
     "error.profile.nickname_taken": "이 공간에 같은 닉네임을 쓰는 사람이 있습니다.",
     # -- rate limits --------------------------------------------------------------------------
