@@ -42,6 +42,7 @@ from .storage import SchemaError, Storage, StorageError, open_storage
 from .texts import Catalog
 from .transport import Connection, EngineOptions, SocketServer
 from .transport.engine import SERVER_SHUTDOWN
+from .transport.http import WEBSOCKET_ROUTES, Listener, Reply, RequestHead
 
 PING_INTERVAL = 25
 PING_TIMEOUT = 10
@@ -243,7 +244,7 @@ class SpacesyncNode:
         self.web = web.Application()
         self._add_routes()
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: Listener | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._deadlines: asyncio.Task[None] | None = None
         self._alert_handler: Any = None
@@ -258,6 +259,7 @@ class SpacesyncNode:
         # the whole life of the connection (about 0.7 KB each); the checks live in the entry
         # points instead.
         r = self.web.router
+        self.web[WEBSOCKET_ROUTES] = {SOCKETIO_PATH: self._websocket_entry}
         r.add_get(SOCKETIO_PATH, self._socketio_entry, allow_head=False)
         r.add_post(SOCKETIO_PATH, self._socketio_entry)
         r.add_get("/", self.health)
@@ -270,6 +272,22 @@ class SpacesyncNode:
         r.add_route("*", "/{tail:.*}", self._fallback)
 
     async def _socketio_entry(self, request: web.Request) -> web.StreamResponse:
+        """Long-polling requests (WebSockets arrive at :meth:`_websocket_entry`)."""
+        refused = self._admit(request)
+        if refused is not None:
+            return _json(refused.body, status=refused.status)
+        return await self.sio.handle(request)
+
+    def _websocket_entry(self, request: RequestHead) -> Reply | None:
+        """A WebSocket upgrade on the Socket.IO path, straight from the listener."""
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
+        return self.sio.accept_websocket(request)
+
+    def _admit(self, request: web.Request | RequestHead) -> Reply | None:
+        """The checks before the engine sees a request: no JSONP; for a new session, none during
+        shutdown and the per-address limits."""
         query = request.query
         if "j" in query:
             # JSONP polling answers with a script that any page may include; no client of this
@@ -277,18 +295,16 @@ class SpacesyncNode:
             self.admission.refused(
                 "E2005", "jsonp", "JSONP polling refused", self._address(request)
             )
-            return _json({"error": "JSONP polling is not supported"}, status=400)
+            return Reply(400, {"error": "JSONP polling is not supported"})
         if "sid" not in query:
             if self.stopping:
                 # A new handshake during shutdown fails at the transport, so the official
                 # client retries with backoff (a refused Socket.IO connect would not retry).
-                return _json({"error": "Server is shutting down"}, status=503)
-            refused = self._refuse_handshake(request)
-            if refused is not None:
-                return refused
-        return await self.sio.handle(request)
+                return Reply(503, {"error": "Server is shutting down"})
+            return self._refuse_handshake(request)
+        return None
 
-    def _address(self, request: web.Request) -> str:
+    def _address(self, request: web.Request | RequestHead) -> str:
         """The client address of ``request`` (``X-Forwarded-For`` from a trusted proxy)."""
         address = request.get(ADDRESS_KEY)
         if address is None:
@@ -296,7 +312,7 @@ class SpacesyncNode:
             request[ADDRESS_KEY] = address
         return str(address)
 
-    def _refuse_handshake(self, request: web.Request) -> web.Response | None:
+    def _refuse_handshake(self, request: web.Request | RequestHead) -> Reply | None:
         """``MAX_CONNECTIONS_PER_IP`` (open Engine.IO sessions) and ``HANDSHAKES_PER_IP`` (new
         ones per 10 s): a handshake past either is refused with 429, which the official client
         retries later with backoff."""
@@ -311,7 +327,7 @@ class SpacesyncNode:
             message = "Connection refused: too many new connections from one address"
             limit = self.settings.handshakes_per_ip
         self.admission.refused("E2005", reason, message, address, limit=limit)
-        return _json({"error": "Too many connections from this address"}, status=429)
+        return Reply(429, {"error": "Too many connections from this address"})
 
     def _refused_input(self, conn: Connection, sid: str | None, kind: str, detail: str) -> None:
         """Input the transport closed a connection for (it is logged and counted here)."""
@@ -612,10 +628,14 @@ class SpacesyncNode:
             shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, reuse_address=True
+        self._listener = Listener(
+            self._runner,
+            self.settings.host,
+            self.settings.port,
+            header_timeout=self.settings.header_timeout,
+            on_header_timeout=self._header_timeout,
         )
-        await self._site.start()
+        await self._listener.start()
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         self._deadlines = asyncio.get_running_loop().create_task(self._join_deadlines())
         gc.collect()
@@ -718,9 +738,8 @@ class SpacesyncNode:
             # A long-poll that took its last packets still has to write its HTTP response.
             await asyncio.sleep(CLOSE_GRACE)
         await self.sio.shutdown()  # clients held for recovery are not coming back now
-        if self._site is not None:
-            with contextlib.suppress(Exception):
-                await self._site.stop()
+        if self._listener is not None:
+            await self._listener.stop()
         # Departures already under way (a disconnect a moment before the signal) end with
         # their EXIT in the outbox; in a cluster each awaits Redis a few times before that.
         until = deadline - 3.0

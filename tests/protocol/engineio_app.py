@@ -6,6 +6,8 @@ Run ``python tests/protocol/engineio_app.py``, then ``npm test`` in the suite's 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 
@@ -14,6 +16,7 @@ from aiohttp import web
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from spacesync.transport.engine import Connection, EngineOptions, EngineServer
+from spacesync.transport.http import WEBSOCKET_ROUTES, serve_forever
 
 OPTIONS = EngineOptions(
     ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000, cors_origins="*"
@@ -38,13 +41,15 @@ def make_app(options: EngineOptions = OPTIONS) -> web.Application:
     engine = EngineServer(Echo(), options)
     app = web.Application()
     app.router.add_route("*", "/engine.io/", engine.handle)
+    app[WEBSOCKET_ROUTES] = {"/engine.io/": engine.accept_websocket}
     app["engine"] = engine
     return app
 
 
 def main() -> None:
     port = int(os.environ.get("PORT", "3000"))
-    web.run_app(make_app(), host="127.0.0.1", port=port, print=None)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(make_app(), "127.0.0.1", port))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Run ``python tests/protocol/socketio_app.py``, then ``npm test`` in the suite's 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 from typing import Any
@@ -17,6 +19,7 @@ from aiohttp import web
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from spacesync.transport.engine import EngineOptions
+from spacesync.transport.http import WEBSOCKET_ROUTES, serve_forever
 from spacesync.transport.socketio import SocketServer
 
 OPTIONS = EngineOptions(
@@ -59,13 +62,15 @@ def make_app(sio: SocketServer | None = None) -> web.Application:
     sio = sio or make_server()
     app = web.Application()
     app.router.add_route("*", "/socket.io/", sio.handle)
+    app[WEBSOCKET_ROUTES] = {"/socket.io/": sio.accept_websocket}
     app["sio"] = sio
     return app
 
 
 def main() -> None:
     port = int(os.environ.get("PORT", "3000"))
-    web.run_app(make_app(), host="127.0.0.1", port=port, print=None)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(make_app(), "127.0.0.1", port))
 
 
 if __name__ == "__main__":

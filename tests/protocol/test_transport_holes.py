@@ -20,6 +20,7 @@ from aiohttp import web
 from wire import Client, WsClient, serve
 
 from spacesync.transport.engine import Connection, EngineOptions, EngineServer
+from spacesync.transport.http import WEBSOCKET_ROUTES, Accept
 from spacesync.transport.socketio import SocketServer
 
 QUICK = 2.0
@@ -56,11 +57,13 @@ class EngineSetup:
 @asynccontextmanager
 async def running(
     handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    accept: Accept,
     path: str,
     on_close: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[Client]:
     app = web.Application()
     app.router.add_route("*", path, handle)
+    app[WEBSOCKET_ROUTES] = {path: accept}
     async with serve(app) as url:
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -82,7 +85,7 @@ async def engine_server(**options: Any) -> AsyncIterator[EngineSetup]:
         await engine.close_all()
         await engine.shutdown()
 
-    async with running(engine.handle, "/engine.io/", stop) as client:
+    async with running(engine.handle, engine.accept_websocket, "/engine.io/", stop) as client:
         yield EngineSetup(client, engine, echo)
 
 
@@ -500,7 +503,7 @@ async def socket_server(
         await sio.shutdown()
         await sio.engine.shutdown()
 
-    async with running(sio.handle, "/socket.io/", stop) as client:
+    async with running(sio.handle, sio.accept_websocket, "/socket.io/", stop) as client:
         holder.append(SocketSetup(client, sio))
         yield holder[0]
 

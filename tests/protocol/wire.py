@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from spacesync.transport.http import Listener
+
 Message = str | bytes
 
 RS = "\x1e"
@@ -225,10 +227,11 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
     second."""
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    listener = Listener(runner, "127.0.0.1", 0)
+    await listener.start()
+    host, port = listener.addresses[0][:2]
     try:
         yield f"http://{host}:{port}"
     finally:
+        await listener.stop()
         await runner.cleanup()

@@ -1,5 +1,6 @@
-"""An Engine.IO v4 server on aiohttp: sessions over HTTP long-polling and WebSocket, the
-upgrade from one to the other, the heartbeat, ``maxPayload`` and CORS.
+"""An Engine.IO v4 server: sessions over HTTP long-polling (aiohttp requests) and WebSocket
+(connections taken over from the listener, see :mod:`.http`), the upgrade from one to the other,
+the heartbeat, ``maxPayload`` and CORS.
 
 Each session is a :class:`Connection`, the one object the layers above send through. What is sent
 to a WebSocket is collected per connection and written once per turn of the event loop (or per
@@ -18,16 +19,18 @@ import contextlib
 import logging
 import secrets
 import socket
-import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from . import codec
 from .codec import BadPacket, ws_frame
+from .http import Reply, RequestHead
+from .websocket import WebSocket, handshake_key, switching_protocols
 
 WRITE_WINDOW = 0.005
 """Writes to WebSockets are collected for at most this long while the server is busy."""
@@ -45,6 +48,10 @@ PARSE_ERROR = "parse error"
 FORCED_CLOSE = "forced close"
 SERVER_SHUTDOWN = "server shutting down"
 TOO_SLOW = "too slow"
+
+INBOX_LIMIT = 64
+"""Messages of one WebSocket waiting for a handler still busy with an earlier one; past this,
+the connection is no longer read until the handler catches up."""
 
 log = logging.getLogger("spacesync.transport")
 
@@ -86,7 +93,8 @@ class EngineHandler(Protocol):
     async def message(self, conn: Connection, data: str | bytes) -> None: ...
 
     # optional: ``message_nowait(conn, text) -> bool``, a synchronous hot path tried first for
-    # text messages read from a WebSocket
+    # text messages read from a WebSocket; ``refuses_binary(conn) -> bool``, asked (and left to
+    # close the session) when a binary message starts arriving on a WebSocket, before it is read
 
     def closed(self, conn: Connection, reason: str) -> None: ...
 
@@ -143,7 +151,7 @@ class Connection:
         self._poll: asyncio.Future[None] | None = None
         self._posting = False
         self._tx: asyncio.Transport | None = None
-        self._ws: web.WebSocketResponse | None = None
+        self._ws: EngineSocket | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -322,6 +330,12 @@ class EngineServer:
         self.gate = gate
         self.address_of = address_of or (lambda request: request.remote or "")
         self.on_too_slow = on_too_slow
+        self._nowait: Callable[[Connection, str], bool] | None = getattr(
+            handler, "message_nowait", None
+        )
+        self._refuses_binary: Callable[[Connection], bool] | None = getattr(
+            handler, "refuses_binary", None
+        )
         self.sessions: dict[str, Connection] = {}
         self.slow_disconnects = 0
         self._writes = _Writes()
@@ -343,36 +357,31 @@ class EngineServer:
     # -- writes -------------------------------------------------------------------------------
 
     def write(self, conn: Connection, data: bytes) -> None:
-        writes = self._writes
-        pending = writes.pending.get(conn)
+        pending = self._writes.pending.get(conn)
         if pending is None:
-            writes.pending[conn] = [data]
-            if not writes.scheduled:
-                writes.scheduled = True
-                loop = self.loop
-                delay = writes.last + WRITE_WINDOW - loop.time()
-                if delay <= 0:
-                    loop.call_soon(self.flush_all)
-                else:
-                    loop.call_later(delay, self.flush_all)
+            self._writes.pending[conn] = [data]
+            self._schedule_flush()
         else:
             pending.append(data)
 
     def write_pieces(self, conn: Connection, pieces: list[bytes | memoryview]) -> None:
-        writes = self._writes
-        pending = writes.pending.get(conn)
+        pending = self._writes.pending.get(conn)
         if pending is None:
-            writes.pending[conn] = pieces
-            if not writes.scheduled:
-                writes.scheduled = True
-                loop = self.loop
-                delay = writes.last + WRITE_WINDOW - loop.time()
-                if delay <= 0:
-                    loop.call_soon(self.flush_all)
-                else:
-                    loop.call_later(delay, self.flush_all)
+            self._writes.pending[conn] = pieces
+            self._schedule_flush()
         else:
             pending.extend(pieces)
+
+    def _schedule_flush(self) -> None:
+        writes = self._writes
+        if not writes.scheduled:
+            writes.scheduled = True
+            loop = self.loop
+            delay = writes.last + WRITE_WINDOW - loop.time()
+            if delay <= 0:
+                loop.call_soon(self.flush_all)
+            else:
+                loop.call_later(delay, self.flush_all)
 
     def pending_bytes(self, conn: Connection) -> int:
         pending = self._writes.pending.get(conn)
@@ -486,10 +495,13 @@ class EngineServer:
             }
         return None
 
+    def _refusal(
+        self, code: int, headers: dict[str, str] | None = None, status: int = 400
+    ) -> Reply:
+        return Reply(status, {"code": code, "message": _ERRORS[code]}, headers or {})
+
     def _error(self, code: int, headers: dict[str, str] | None = None, status: int = 400) -> Any:
-        return web.json_response(
-            {"code": code, "message": _ERRORS[code]}, status=status, headers=headers or {}
-        )
+        return self._refusal(code, headers, status).response()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cors = self._cors(request)
@@ -510,14 +522,9 @@ class EngineServer:
             return self._error(0, cors)
         sid = query.get("sid")
         if transport == "websocket":
-            if request.headers.get("Upgrade", "").lower() != "websocket":
-                return self._error(3, cors)
-            if sid is None:
-                return await self._websocket(request, None)
-            conn = self.sessions.get(sid)
-            if conn is None or conn.closed:
-                return self._error(1, cors)
-            return await self._websocket(request, conn)
+            # WebSockets are taken by the listener before they reach an HTTP handler
+            # (:meth:`accept_websocket`); one asked for on a reused keep-alive connection is not.
+            return self._error(3, cors)
         if sid is None:
             if request.method != "GET":
                 return self._error(2, cors)
@@ -613,11 +620,15 @@ class EngineServer:
         """One packet from the client (over either transport)."""
         if isinstance(packet, bytes):
             await self.handler.message(conn, packet)
-            return
-        kind = packet[:1]
-        if kind == codec.MESSAGE:
+        elif packet[:1] == codec.MESSAGE:
             await self.handler.message(conn, packet[1:])
-        elif kind == codec.PONG:
+        else:
+            self._control(conn, packet)
+
+    def _control(self, conn: Connection, packet: str) -> None:
+        """A packet other than a message."""
+        kind = packet[:1]
+        if kind == codec.PONG:
             conn._pong()
         elif kind == codec.CLOSE:
             conn.close(TRANSPORT_CLOSE, graceful=False)
@@ -630,93 +641,191 @@ class EngineServer:
 
     # -- WebSocket ----------------------------------------------------------------------------
 
-    async def _websocket(
-        self, request: web.Request, upgrading: Connection | None
-    ) -> web.StreamResponse:
-        if upgrading is not None:
-            if (
-                upgrading.closed
-                or upgrading.transport != "polling"
-                or upgrading.upgrading
-                or upgrading._tx is not None
-            ):
-                # A second WebSocket for a session that is already upgrading or upgraded.
-                ws = web.WebSocketResponse(compress=False, max_msg_size=1024)
-                await ws.prepare(request)
-                await ws.close()
-                return ws
-            upgrading.upgrading = True  # claimed before the first await: one upgrade at a time
-        ws = web.WebSocketResponse(
-            compress=False, max_msg_size=self.options.max_payload + 1, autoping=True
-        )
-        try:
-            await ws.prepare(request)
-        except BaseException:
-            if upgrading is not None:
-                upgrading.upgrading = False
-            raise
+    def accept_websocket(self, request: RequestHead) -> Reply | None:
+        """A WebSocket upgrade request (from the listener): a new session, or the upgrade of a
+        long-polling one (``sid``). ``None`` when accepted: the ``101`` is written and the
+        transport now delivers to an :class:`EngineSocket`."""
+        cors = self._cors(request)
+        if cors is None:
+            return self._refusal(4, status=403)
+        query = request.query
+        if query.get("EIO") != "4":
+            return self._refusal(5, cors)
+        key = handshake_key(request.headers)
+        if isinstance(key, Reply):
+            return self._refusal(3, cors)
+        sid = query.get("sid")
+        upgrading: Connection | None = None
+        if sid is not None:
+            upgrading = self.sessions.get(sid)
+            if upgrading is None or upgrading.closed:
+                return self._refusal(1, cors)
         tx = request.transport
-        if tx is None or (upgrading is not None and upgrading.closed):
-            if upgrading is not None:
-                upgrading.upgrading = False
-            return ws
+        if tx.is_closing():
+            return None
+        if upgrading is not None and (
+            upgrading.transport != "polling" or upgrading.upgrading or upgrading._tx is not None
+        ):
+            # A second WebSocket for a session that is already upgrading or upgraded.
+            tx.write(switching_protocols(key) + codec.WS_CLOSE_FRAME)
+            tx.close()
+            return None
         sock = tx.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
+        tx.write(switching_protocols(key))
         if upgrading is None:
             conn = self._open(self.address_of(request), "websocket")
             conn._tx = tx
-            conn._ws = ws
+            conn._ws = EngineSocket(self, conn, tx, probing=False)
+            tx.set_protocol(conn._ws)
             conn.send_text(self._handshake(conn))
             self.handler.opened(conn)
             conn._schedule_ping()
         else:
-            conn = upgrading
-            if not await self._upgrade(conn, ws, tx):
-                if not tx.is_closing():
-                    tx.write(codec.WS_CLOSE_FRAME)
-                    tx.close()
-                return ws
-        await self._read(conn, ws)
-        return ws
+            upgrading._tx = tx
+            upgrading.upgrading = True
+            upgrading._ws = EngineSocket(self, upgrading, tx, probing=True)
+            tx.set_protocol(upgrading._ws)
+        return None
 
-    async def _upgrade(
-        self, conn: Connection, ws: web.WebSocketResponse, tx: asyncio.Transport
-    ) -> bool:
-        """The probe, then the UPGRADE packet, within ``upgrade_timeout``."""
-        conn._tx = tx
-        conn._ws = ws
-        conn.upgrading = True
-        deadline = time.monotonic() + self.options.upgrade_timeout
-        probed = False
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(remaining):
-                    msg = await ws.receive()
-                if msg.type is not WSMsgType.TEXT or conn.closed:
-                    raise ConnectionError
-                data = msg.data
-                if not probed and data == "2probe":
-                    probed = True
-                    tx.write(ws_frame(b"3probe"))
-                    # ends a long-poll in progress (or answers the next one) with a NOOP
-                    conn._enqueue(codec.NOOP)
-                elif probed and data == codec.UPGRADE:
-                    break
-                elif probed and data == codec.PONG:
-                    conn._pong()
-                else:
-                    raise ConnectionError
-        except (TimeoutError, ConnectionError, asyncio.CancelledError):
-            if conn._tx is tx:
-                conn._tx = None
-                conn._ws = None
-                conn.upgrading = False
+
+class EngineSocket(WebSocket):
+    """The WebSocket of one session: Engine.IO packets in, in order.
+
+    Messages go to the handler's synchronous hot path when it takes them; otherwise to its
+    coroutine, and while that runs, later messages wait in a small inbox (reading pauses when
+    it fills), so one client's messages are always handled in the order they were sent.
+
+    A WebSocket opened to upgrade a long-polling session first goes through the probe
+    (``2probe``, ``3probe``, then ``5``) within ``upgrade_timeout``; until then the session stays
+    on long-polling, and a failed upgrade only closes this WebSocket.
+    """
+
+    __slots__ = ("_inbox", "_probe", "_timer", "conn", "engine")
+
+    def __init__(
+        self, engine: EngineServer, conn: Connection, tx: asyncio.Transport, *, probing: bool
+    ) -> None:
+        super().__init__(tx, engine.options.max_payload)
+        self.engine = engine
+        self.conn = conn
+        self._inbox: deque[str | bytes] | None = None
+        self._probe = 1 if probing else 0
+        """1: waiting for ``2probe``; 2: waiting for ``5``; 0: open."""
+        self._timer: asyncio.TimerHandle | None = None
+        if probing:
+            self._timer = engine.loop.call_later(
+                engine.options.upgrade_timeout, self._abandon_upgrade
+            )
+
+    def on_text(self, text: str) -> None:
+        if self._probe:
+            self._probing(text)
+        elif self._inbox is not None:
+            self._queue(text)
+        elif text[:1] == codec.MESSAGE:
+            conn = self.conn
+            nowait = self.engine._nowait
+            if conn.closed or (nowait is not None and nowait(conn, text[1:])):
+                return
+            self._queue(text)
+        elif text:
+            if not self.conn.closed:
+                self.engine._control(self.conn, text)
+        else:
+            self.conn.close(PARSE_ERROR, graceful=False)
+
+    def on_binary(self, data: bytes) -> None:
+        if self._probe:
+            self._abandon_upgrade()
+        else:
+            self._queue(data)
+
+    def binary_allowed(self) -> bool:
+        if self._probe:
+            self._abandon_upgrade()
             return False
+        if self._inbox is not None:
+            return True  # decided in order, after what is still waiting (its announcement)
+        refuses = self.engine._refuses_binary
+        return refuses is None or not refuses(self.conn)
+
+    def on_end(self, reason: str, graceful: bool) -> None:
+        if self._probe:
+            self._abandon_upgrade()
+        elif self.conn._ws is self:
+            self.conn.close(reason, graceful=graceful)
+
+    # -- messages in order --------------------------------------------------------------------
+
+    def _queue(self, packet: str | bytes) -> None:
+        inbox = self._inbox
+        if inbox is None:
+            self._inbox = deque((packet,))
+            self.engine.spawn(self._drain())
+            return
+        inbox.append(packet)
+        if len(inbox) >= INBOX_LIMIT:
+            self.hold()
+
+    async def _drain(self) -> None:
+        inbox = self._inbox
+        assert inbox is not None
+        conn = self.conn
+        engine = self.engine
+        message = engine.handler.message
+        nowait = engine._nowait
+        try:
+            while inbox and not conn.closed:
+                packet = inbox.popleft()
+                if isinstance(packet, bytes):
+                    await message(conn, packet)
+                elif packet[:1] == codec.MESSAGE:
+                    text = packet[1:]
+                    if nowait is None or not nowait(conn, text):
+                        await message(conn, text)
+                elif packet:
+                    engine._control(conn, packet)
+                else:
+                    conn.close(PARSE_ERROR, graceful=False)
+                if self.held and len(inbox) <= INBOX_LIMIT // 2:
+                    self.release()
+        except asyncio.CancelledError:
+            conn.close(TRANSPORT_CLOSE, graceful=False)
+            raise
+        except Exception:
+            log.exception("Handling a WebSocket message failed")
+            conn.close(TRANSPORT_ERROR, graceful=False)
+        finally:
+            self._inbox = None
+            if self.held and not conn.closed:
+                self.release()
+
+    # -- the upgrade of a long-polling session -------------------------------------------------
+
+    def _probing(self, text: str) -> None:
+        conn = self.conn
+        if conn.closed:
+            self._abandon_upgrade()
+        elif self._probe == 1 and text == "2probe":
+            self._probe = 2
+            self.tx.write(ws_frame(b"3probe"))
+            conn._enqueue(codec.NOOP)  # ends a long-poll in progress (or answers the next one)
+        elif self._probe == 2 and text == codec.UPGRADE:
+            self._upgraded()
+        elif self._probe == 2 and text == codec.PONG:
+            conn._pong()
+        else:
+            self._abandon_upgrade()
+
+    def _upgraded(self) -> None:
+        self._probe = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
         conn.transport = "websocket"
         conn.upgrading = False
         queued, conn._queue = conn._queue, []
@@ -731,41 +840,25 @@ class EngineServer:
                 conn.send_binary(packet)
             else:
                 conn.send_text(packet)
-        return True
 
-    async def _read(self, conn: Connection, ws: web.WebSocketResponse) -> None:
-        receive = ws.receive
-        engine_receive = self._receive
-        message = self.handler.message
-        nowait = getattr(self.handler, "message_nowait", None)
-        try:
-            while not conn.closed:
-                msg = await receive()
-                kind = msg.type
-                if kind is WSMsgType.TEXT:
-                    data = msg.data
-                    if data[:1] == codec.MESSAGE:
-                        text = data[1:]
-                        if nowait is None or not nowait(conn, text):
-                            await message(conn, text)
-                    elif data:
-                        await engine_receive(conn, data)
-                    else:
-                        conn.close(PARSE_ERROR, graceful=False)
-                elif kind is WSMsgType.BINARY:
-                    await message(conn, msg.data)
-                elif kind is WSMsgType.ERROR:
-                    conn.close(TRANSPORT_ERROR, graceful=False)
-                else:  # CLOSE, CLOSING, CLOSED
-                    conn.close(TRANSPORT_CLOSE, graceful=False)
-        except asyncio.CancelledError:
-            conn.close(TRANSPORT_CLOSE, graceful=False)
-            raise
-        except Exception:
-            log.exception("Reading a WebSocket failed")
-            conn.close(TRANSPORT_ERROR, graceful=False)
-        finally:
+    def _abandon_upgrade(self) -> None:
+        """The upgrade failed or timed out: this WebSocket closes, the session stays on
+        long-polling."""
+        if not self._probe:
+            return
+        self._probe = 0
+        self.ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
+        if conn._ws is self:
+            conn._tx = None
             conn._ws = None
+            conn.upgrading = False
+        if not self.tx.is_closing():
+            self.tx.write(codec.WS_CLOSE_FRAME)
+            self.tx.close()
 
 
 def _own_origin(origin: str, request: web.Request) -> bool:

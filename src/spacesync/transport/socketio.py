@@ -48,6 +48,7 @@ from .engine import (
     EngineServer,
     Gate,
 )
+from .http import Reply, RequestHead
 
 log = logging.getLogger("spacesync.transport")
 
@@ -225,7 +226,12 @@ class SocketServer:
         self.fast = handler
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The HTTP handler of the path (long-polling)."""
         return await self.engine.handle(request)
+
+    def accept_websocket(self, request: RequestHead) -> Reply | None:
+        """A WebSocket upgrade request on the path (see :data:`.http.WEBSOCKET_ROUTES`)."""
+        return self.engine.accept_websocket(request)
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -463,6 +469,18 @@ class SocketServer:
             return False
         sock = client.sockets.get("/")
         return sock is not None and fast(sock.sid, data)
+
+    def refuses_binary(self, conn: Connection) -> bool:
+        """Whether a binary message starting to arrive is refused (and the session closed)
+        before it is read: always, unless binary packets are allowed and one is waiting for
+        its attachments."""
+        client: Client | None = conn.owner
+        if client is None:
+            return False
+        if self.allow_binary and client.pending is not None:
+            return False
+        self._refuse(client, self._sid(client), "binaryPacket", "a binary message")
+        return True
 
     async def message(self, conn: Connection, data: str | bytes) -> None:
         client: Client | None = conn.owner
