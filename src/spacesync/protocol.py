@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+import msgspec
 import orjson
 
 from .domain.chat import escape_markup, plain_text
@@ -32,7 +33,8 @@ ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
 CONTROL_RE = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 )
-DIRECTIONS = frozenset({"up", "down", "left", "right"})
+Direction = Literal["up", "down", "left", "right"]
+DIRECTIONS = frozenset(get_args(Direction))
 MAX_COORD = 1_000_000.0
 MAX_CONTENT = 2000
 MAX_NICKNAME = 32
@@ -281,11 +283,27 @@ class JoinSpace:
     position_batching: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
-    x: float
-    y: float
-    direction: str
+# A coordinate as :func:`_coordinate` accepts it, for :class:`Move`'s decoder: an integer stays
+# an integer (it is relayed as sent), booleans are not numbers, and JSON has no NaN or infinity.
+Coordinate = (
+    Annotated[int, msgspec.Meta(ge=-int(MAX_COORD), le=int(MAX_COORD))]
+    | Annotated[float, msgspec.Meta(ge=-MAX_COORD, le=MAX_COORD)]
+)
+
+
+class Move(
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    rename={"is_moving": "isMoving"},
+    gc=False,
+):
+    """A ``player:move`` payload. Its fields' types are :func:`parse_move`'s rules, which
+    :data:`MOVE_EVENT` applies while decoding (see :func:`decode_move_event`)."""
+
+    x: Coordinate
+    y: Coordinate
+    direction: Direction
     is_moving: bool
 
 
@@ -391,6 +409,44 @@ def parse_move(payload: Any) -> Move:
         direction=direction,
         is_moving=bool(_boolean(data, "isMoving")),
     )
+
+
+MOVE_EVENT = msgspec.json.Decoder(tuple[Literal["player:move"], Move])
+"""The JSON text of a whole ``player:move`` event (``["player:move", {...}]``) with exactly the
+four fields, decoded and checked in one step."""
+
+_NESTED = (dict, list)
+
+
+def decode_move_event(text: str) -> Move | None:
+    """The move carried by the JSON text of a ``player:move`` event (the Socket.IO packet
+    without its type digit), or None: the event then takes the ordinary way, which validates
+    it again with :func:`parse_move` and answers.
+
+    Accepts exactly the events whose payload is an object of scalars (nothing nested, so the
+    envelope check has nothing to refuse) that :func:`parse_move` accepts, with an equal
+    :class:`Move`. The usual payload, the four fields alone, is decoded by :data:`MOVE_EVENT`;
+    one that carries other fields (an ``id``, ignored) is decoded again and checked field by
+    field."""
+    try:
+        return MOVE_EVENT.decode(text)[1]
+    except msgspec.ValidationError:
+        pass  # JSON of another shape: perhaps a payload with more fields
+    except (msgspec.DecodeError, ValueError):
+        return None  # not JSON, or not Unicode (lone surrogates)
+    try:
+        args = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if type(args) is not list or len(args) != 2 or args[0] != "player:move":
+        return None
+    data = args[1]
+    if type(data) is not dict or any(type(value) in _NESTED for value in data.values()):
+        return None
+    try:
+        return parse_move(data)
+    except BadInput:
+        return None
 
 
 def parse_jump(payload: Any) -> Jump:

@@ -12,8 +12,6 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
-
 from .. import protocol
 from ..domain.limits import MOVE, Verdict
 from ..fanout import Broadcaster
@@ -24,7 +22,6 @@ from .dispatch import Dispatch, Handler, SessionTable, SocketLink
 from .session import Session
 
 _MOVE_PREFIX = '2["player:move",'
-_NESTED = (dict, list)
 
 
 class Movement:
@@ -58,17 +55,8 @@ class Movement:
         session = self.sessions.get(sid)
         if session is None or session.closing_reason is not None or not session.joined:
             return False
-        try:
-            args = orjson.loads(text[1:])
-            if type(args) is not list or len(args) != 2:
-                return False
-            data = args[1]
-            # Scalars only (nothing nested, and JSON text has no binary): the envelope check
-            # has nothing to refuse; anything else takes the ordinary path.
-            if type(data) is not dict or any(type(v) in _NESTED for v in data.values()):
-                return False
-            move = protocol.parse_move(data)
-        except Exception:
+        move = protocol.decode_move_event(text[1:])
+        if move is None:
             return False  # the ordinary path validates it again and answers
         self.dispatch.events_handled += 1
         self._apply_move(session, move)
