@@ -411,9 +411,26 @@ def parse_move(payload: Any) -> Move:
     )
 
 
-MOVE_EVENT = msgspec.json.Decoder(tuple[Literal["player:move"], Move])
-"""The JSON text of a whole ``player:move`` event (``["player:move", {...}]``) with exactly the
-four fields, decoded and checked in one step."""
+class _SentMove(
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    rename={"is_moving": "isMoving"},
+    gc=False,
+):
+    """A ``player:move`` payload as clients send it: :class:`Move`'s four fields, and the
+    player's ``id`` that the product's web client adds (a scalar, ignored)."""
+
+    x: Coordinate
+    y: Coordinate
+    direction: Direction
+    is_moving: bool
+    id: str | int | float | bool | None = None
+
+
+MOVE_EVENT = msgspec.json.Decoder(tuple[Literal["player:move"], _SentMove])
+"""The JSON text of a whole ``player:move`` event (``["player:move", {...}]``) with the four
+fields and perhaps an ``id``, decoded and checked in one step."""
 
 _NESTED = (dict, list)
 
@@ -425,11 +442,12 @@ def decode_move_event(text: str) -> Move | None:
 
     Accepts exactly the events whose payload is an object of scalars (nothing nested, so the
     envelope check has nothing to refuse) that :func:`parse_move` accepts, with an equal
-    :class:`Move`. The usual payload, the four fields alone, is decoded by :data:`MOVE_EVENT`;
-    one that carries other fields (an ``id``, ignored) is decoded again and checked field by
+    :class:`Move`. The usual payload, the four fields with or without an ``id``, is decoded
+    by :data:`MOVE_EVENT`; one that carries other fields is decoded again and checked field by
     field."""
     try:
-        return MOVE_EVENT.decode(text)[1]
+        sent = MOVE_EVENT.decode(text)[1]
+        return Move(sent.x, sent.y, sent.direction, sent.is_moving)
     except msgspec.ValidationError:
         pass  # JSON of another shape: perhaps a payload with more fields
     except (msgspec.DecodeError, ValueError):

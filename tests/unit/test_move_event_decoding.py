@@ -102,13 +102,20 @@ def test_accepted_like_the_ordinary_path(payload: str, move: Move | None) -> Non
         assert exact(fast) == exact(move)
 
 
-def test_the_usual_payload_is_decoded_in_one_step() -> None:
-    """The four fields alone need no second decoding (:data:`protocol.MOVE_EVENT`)."""
-    name, move = protocol.MOVE_EVENT.decode(
-        event('{"x":512.5,"y":384,"direction":"down","isMoving":true}')
-    )
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"x":512.5,"y":384,"direction":"down","isMoving":true}',
+        # what the product's web client sends: the player's id too
+        '{"id":"cm3x9k2a0001","x":512.5,"y":384,"direction":"down","isMoving":true}',
+    ],
+)
+def test_the_usual_payloads_are_decoded_in_one_step(payload: str) -> None:
+    """No second decoding for them (:data:`protocol.MOVE_EVENT`)."""
+    name, sent = protocol.MOVE_EVENT.decode(event(payload))
     assert name == "player:move"
-    assert exact(move) == exact(Move(512.5, 384, "down", True))
+    assert (sent.x, sent.y, sent.direction, sent.is_moving) == (512.5, 384, "down", True)
+    assert exact(decode_move_event(event(payload))) == exact(Move(512.5, 384, "down", True))
 
 
 DECLINED = [
