@@ -535,10 +535,11 @@ class Client(asyncio.Protocol):
             self.transport.write(frame)
 
     def send_move(self, seq: int, moving: bool) -> None:
+        # the payload the product's web client sends: its player id and the new position
         y = 100 + self.index
         payload = (
-            f'42["player:move",{{"x":{seq},"y":{y},"direction":"right",'
-            f'"isMoving":{"true" if moving else "false"}}}]'
+            f'42["player:move",{{"id":"{self.player_id}","x":{seq},"y":{y},'
+            f'"direction":"right","isMoving":{"true" if moving else "false"}}}]'
         ).encode()
         self._write(ws_frame(payload))
 
