@@ -3,9 +3,10 @@
 - :class:`SocketLink` is the only place the handlers reach into the Socket.IO server (event
   registration, disconnects, closing a connection, background tasks).
 - :class:`SessionTable` is what this node knows of its sockets (see :class:`Session`).
-- :class:`Dispatch` wraps each handler (:meth:`Dispatch.guard`): the joined check, per-socket
-  and per-player rate limits (SPEC §6, ``domain/limits.py``), bad-input replies on the event's
-  error channel (SPEC §8), and no exception escaping to the transport.
+- :class:`Dispatch` wraps each handler (:meth:`Dispatch.guard`): the count of events by name,
+  the joined check, per-socket and per-player rate limits (SPEC §6, ``domain/limits.py``),
+  bad-input replies on the event's error channel (SPEC §8), and no exception escaping to the
+  transport.
 
 The use-case modules (``membership``, ``movement``, ``chat``, ``parties``, ``proximity``,
 ``profile``, ``moderation``, ``live``) each expose ``routes() -> {event: handler}``; the
@@ -23,6 +24,7 @@ from ..domain.limits import EVENT_LIMITS, EventLimit, KeyedHit, Rule, Verdict
 from ..domain.parties import PartyError
 from ..fanout import Broadcaster
 from ..observability.abuse import AbuseCounters
+from ..observability.event_counts import OTHER_EVENT, EventCounts
 from ..observability.logging import log
 from ..protocol import BadInput
 from ..state.base import StateStore, StoreUnavailable
@@ -133,6 +135,7 @@ class Dispatch:
         out: Broadcaster,
         texts: Catalog,
         abuse: AbuseCounters,
+        events: EventCounts,
     ) -> None:
         self.link = link
         self.sessions = sessions
@@ -140,6 +143,11 @@ class Dispatch:
         self.out = out
         self.texts = texts
         self.abuse = abuse
+        self.events = events
+        """Every event received, by name: counted by :meth:`guard`, :meth:`ignore_unknown` and
+        :meth:`took_fast_move`, before any check."""
+        self._unknown = events.cell(OTHER_EVENT)
+        self._fast_moves = events.cell("player:move")
         self.events_handled = 0
         self.bad_inputs = 0
 
@@ -160,11 +168,14 @@ class Dispatch:
         self.link.on("*", self.ignore_unknown)
 
     def guard(self, event: str, handler: Handler) -> Callable[..., Awaitable[None]]:
-        """Wrap a handler: joined check, binary check, bad input replies, no escaped errors."""
+        """Wrap a handler: event count, joined check, binary check, bad input replies, no
+        escaped errors."""
         channel = protocol.ERROR_CHANNEL.get(event)
         limit = EVENT_LIMITS.get(event)
+        received = self.events.cell(event)
 
         async def guarded(sid: str, *args: Any) -> None:
+            received[0] += 1
             session = self.sessions.get(sid)
             if session is None or session.closing_reason is not None:
                 return
@@ -338,7 +349,13 @@ class Dispatch:
         self.out.write_out()  # the error goes before the disconnect
         await self.link.disconnect(session.sid)
 
+    def took_fast_move(self) -> None:
+        """Count a ``player:move`` the fast path took: it never passes :meth:`guard`."""
+        self._fast_moves[0] += 1
+        self.events_handled += 1
+
     async def ignore_unknown(self, event: Any, sid: str, *args: Any) -> None:
+        self._unknown[0] += 1  # counted under one name: a client's choice is never a label
         if isinstance(event, str):
             log.debug("I3001", "Unknown event ignored", event=event[:100], socketId=sid)
             return

@@ -22,6 +22,7 @@ from ..fanout import Broadcaster
 from ..integrations.app_api import AppClient, ExitOutbox
 from ..integrations.verify_guard import VerifyGuard
 from ..observability.abuse import AbuseCounters
+from ..observability.event_counts import EventCounts
 from ..state.base import Departed, StateStore
 from ..storage import Storage
 from ..texts import Catalog
@@ -76,6 +77,7 @@ class SpaceServer:
             out=broadcaster,
             texts=texts,
             abuse=abuse,
+            events=EventCounts(),
         )
         self.notices = Notices(out=broadcaster, texts=texts, abuse=abuse, sessions=self.sessions)
         self.moderation = Moderation(
@@ -180,6 +182,10 @@ class SpaceServer:
     @property
     def bad_inputs(self) -> int:
         return self.dispatch.bad_inputs
+
+    def event_counts(self) -> dict[str, int]:
+        """Events received by name (``other`` for those without a handler)."""
+        return self.dispatch.events.snapshot()
 
     def socket_count(self) -> int:
         return len(self.sessions)

@@ -58,7 +58,7 @@ class Movement:
         move = protocol.decode_move_event(text[1:])
         if move is None:
             return False  # the ordinary path validates it again and answers
-        self.dispatch.events_handled += 1
+        self.dispatch.took_fast_move()
         self._apply_move(session, move)
         return True
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +45,6 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Prometheus's classic text format. Newer ``prometheus_client`` releases label their text
 output 1.0.0 (names outside the classic character set escaped); every name and label here is
 of the classic set, so the output is the same and is served as what Prometheus asked for."""
-OTHER_EVENT = "other"
-"""The ``event`` label of events the server has no handler for (whatever their name)."""
-_SOCKETIO_OWN = frozenset({"connect", "connected", "disconnect", "recover", "*"})
 
 TICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 MOVE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
@@ -105,58 +102,6 @@ def wanted_format(accept: str) -> str:
         if q > 0 and (q > best_q or (q == best_q and rank > best_rank)):
             best, best_q, best_rank = kind, q, rank
     return best
-
-
-# -- event counts --------------------------------------------------------------------------------
-
-
-def _counted(handler: Callable[..., Awaitable[Any]], cell: list[int]) -> Callable[..., Any]:
-    async def counted(*args: Any) -> Any:
-        cell[0] += 1
-        return await handler(*args)
-
-    return counted
-
-
-class EventCounts:
-    """Socket.IO events received, by name: one plain integer cell per handled event, and one
-    for all others (:data:`OTHER_EVENT`).
-
-    :meth:`install` wraps the handlers registered on the server and its fast path for moves
-    from the outside, so the handlers themselves know nothing of it. The counting costs one
-    integer increment per event."""
-
-    def __init__(self) -> None:
-        self.cells: dict[str, list[int]] = {OTHER_EVENT: [0]}
-
-    def cell(self, event: str) -> list[int]:
-        cell = self.cells.get(event)
-        if cell is None:
-            cell = self.cells[event] = [0]
-        return cell
-
-    def install(self, sio: Any) -> None:
-        """Re-register every event handler of the main namespace, counted."""
-        handlers: dict[str, Any] = dict(sio.namespaces["/"].handlers)
-        for event, handler in handlers.items():
-            if event in _SOCKETIO_OWN and event != "*":
-                continue
-            cell = self.cell(OTHER_EVENT if event == "*" else event)
-            sio.on(event, _counted(handler, cell))
-        fast = sio.fast
-        if fast is not None:
-            move = self.cell("player:move")
-
-            def fast_message(sid: str, text: str) -> bool:
-                if fast(sid, text):
-                    move[0] += 1
-                    return True
-                return False
-
-            sio.on_raw_event(fast_message)
-
-    def snapshot(self) -> dict[str, int]:
-        return {event: cell[0] for event, cell in sorted(self.cells.items())}
 
 
 # -- Redis -------------------------------------------------------------------------------------
@@ -236,9 +181,8 @@ def _tasks() -> int:
 class _NodeCollector:
     """Reads the node's own counters and live figures each time the registry is collected."""
 
-    def __init__(self, node: Any, metrics: NodeMetrics) -> None:
+    def __init__(self, node: Any) -> None:
         self.node = node
-        self.metrics = metrics
         self.process = psutil.Process()
 
     def describe(self) -> list[Metric]:
@@ -289,7 +233,7 @@ class _NodeCollector:
             "events",
             "Socket.IO events received, by name (other: events the server does not handle).",
             ["event"],
-            (((event,), n) for event, n in self.metrics.events.snapshot().items()),
+            (((event,), n) for event, n in server.event_counts().items()),
         )
         yield _labelled(
             CounterMetricFamily,
@@ -459,7 +403,6 @@ class NodeMetrics:
     def __init__(self, node: Any) -> None:
         self.node = node
         self.registry = CollectorRegistry()
-        self.events = EventCounts()
         r = self.registry
         self.tick_seconds = Histogram(
             PREFIX + "tick_duration_seconds",
@@ -522,12 +465,11 @@ class NodeMetrics:
             PREFIX + "cluster_spaces", "Spaces with players across the cluster.", registry=clustered
         )
         ProcessCollector(registry=r)
-        r.register(_NodeCollector(node, self))
+        r.register(_NodeCollector(node))
 
     def install(self) -> None:
-        """Hook the node's parts up to the registry (once its Socket.IO handlers exist)."""
+        """Hook the node's parts up to the registry."""
         node = self.node
-        self.events.install(node.sio)
         node.broadcaster.tick_seconds = self.tick_seconds
         node.broadcaster.move_wait_seconds = self.move_wait_seconds
         node.app_client.verify_seconds = self.verify_seconds
