@@ -455,3 +455,35 @@ async def test_binary_refused_from_its_header_when_binary_events_are_off() -> No
         assert await raw.ended()
         await sio.engine.close_all()
         await sio.engine.shutdown()
+
+
+# -- heartbeat ------------------------------------------------------------------------------------
+
+
+async def test_heartbeat_of_many_sessions_ends_exactly_the_silent_ones() -> None:
+    async with engine_server(ping_interval=0.3, ping_timeout=0.2) as s:
+        clients = [await opened(s.url) for _ in range(20)]
+        answering = clients[::2]
+
+        async def answer(raw: Raw) -> int:
+            pings = 0
+            while True:
+                try:
+                    text = await raw.text()
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                    return pings
+                if text == "2":
+                    pings += 1
+                    raw.send(frame(b"3"))
+
+        tasks = [asyncio.ensure_future(answer(raw)) for raw, _ in answering]
+        await asyncio.sleep(1.6)
+        silent = {sid for _, sid in clients[1::2]}
+        assert {sid for sid, reason in s.recorder.reasons.items()} == silent
+        assert set(s.recorder.reasons.values()) == {"ping timeout"}
+        assert all(sid in s.engine.sessions for _, sid in answering)
+        for raw, _ in answering:
+            raw.close()
+        pings = await asyncio.gather(*tasks)
+        # a PING every 0.3 s for 1.6 s: four or five each, none skipped
+        assert all(4 <= n <= 6 for n in pings), pings
