@@ -679,6 +679,7 @@ class SpacesyncNode:
             except Exception as exc:
                 log.error("E6003", "Housekeeping failed", exc=exc)
             self.admission.prune()
+            self.server.notices.sweep()
             self._collect_garbage()
 
     def _collect_garbage(self) -> None:

@@ -18,8 +18,7 @@ Nothing here does I/O; times are ``time.monotonic()`` seconds passed in by the c
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -370,6 +369,9 @@ class NoticeThrottle:
     announced only if it still differs from what the space was last told: a join/leave loop
     ends in at most one more line, and the chat's last word about the player matches where they
     really are. The view is per node.
+
+    A player is forgotten by :meth:`sweep` once nothing is deferred and no line was announced
+    within the interval; the node sweeps with its housekeeping, and every 1,024 changes.
     """
 
     __slots__ = ("_calls", "_entries", "burst", "interval")
@@ -397,10 +399,13 @@ class NoticeThrottle:
         if entry.announced is present:
             return None
         times = entry.times
-        while times and now - times[0] >= self.interval:
-            times.popleft()
+        recent = 0
+        while recent < len(times) and now - times[recent] >= self.interval:
+            recent += 1
+        if recent:
+            times = entry.times = times[recent:]
         if len(times) < self.burst:
-            times.append(now)
+            entry.times = (*times, now)
             entry.announced = present
             return 0.0
         entry.pending = True
@@ -415,7 +420,7 @@ class NoticeThrottle:
         entry.pending = False
         if entry.present is entry.announced:
             return None
-        entry.times.append(now)
+        entry.times = (*entry.times, now)
         entry.announced = entry.present
         return entry.present
 
@@ -440,10 +445,16 @@ class NoticeThrottle:
         return len(self._entries)
 
 
-@dataclass(slots=True)
 class _Notices:
-    present: bool = False
-    announced: bool | None = None
-    """What the space was last told: arrived (True), left (False), or nothing yet (None)."""
-    pending: bool = False
-    times: deque[float] = field(default_factory=deque)
+    """What one node told one space about one player, and when."""
+
+    __slots__ = ("announced", "pending", "present", "times")
+
+    def __init__(self) -> None:
+        self.present = False
+        self.announced: bool | None = None
+        """What the space was last told: arrived (True), left (False), or nothing yet (None)."""
+        self.pending = False
+        self.times: tuple[float, ...] = ()
+        """When the lines of the last interval were announced, oldest first (a tuple: most
+        entries hold one time or none, and an empty tuple costs nothing)."""

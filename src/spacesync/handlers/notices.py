@@ -80,6 +80,12 @@ class Notices:
         self.abuse.count("churnNoticeDeferred")
         asyncio.get_running_loop().call_later(when, self._presence_line_due, space_id, player_id)
 
+    def sweep(self) -> None:
+        """Forget the players whose lines can no longer hold back another (nothing deferred,
+        none within the interval); run with the node's housekeeping, so that a player who
+        joined and stays costs nothing here once the interval is over."""
+        self.throttle.sweep(time.monotonic())
+
     def _presence_line_due(self, space_id: str, player_id: str) -> None:
         nickname, tell_local, lost = self._deferred.pop((space_id, player_id), ("", True, False))
         present = self.throttle.due(space_id, player_id, time.monotonic())
