@@ -443,13 +443,14 @@ class Broadcaster:
     ) -> None:
         """One event to one socket, after any positions held back for it; kept for a replay
         when connection state recovery is on. ``seq``: the packet is already stamped."""
+        own = seq is None
         if seq is None:
             packet, seq = self.sio.stamp(packet)
             frame = None
         conn = self.sio.connection(sid)
         if conn is not None and conn in self._lagging:
             self._release(conn)  # positions held back go before what follows them
-        self.sio.deliver(sid, packet, frame, seq)
+        self.sio.deliver(sid, packet, frame, seq, own=own)
 
     async def close(self) -> None:
         for task in list(self._tasks):

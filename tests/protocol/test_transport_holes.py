@@ -632,6 +632,26 @@ async def test_a_lost_connection_is_recovered_with_the_missed_events(abrupt: boo
         assert s.auths.keys() == {sid}  # the connect handler ran once, at the first connect
 
 
+async def test_a_large_event_of_ones_own_is_kept_small_and_replayed_whole() -> None:
+    async with socket_server(recovery_window=WINDOW) as s:
+        ws, sid, pid, last = await recoverable(s)
+        await lose(s, ws, sid)
+        roster = [
+            {"id": f"player-{i}", "x": i, "y": 2 * i, "nickname": f"N{i}"} for i in range(300)
+        ]
+        await s.sio.emit("room:joined", {"players": roster}, to=sid)
+        kept = s.sio.sockets[sid].replay
+        assert kept is not None
+        sent = len(json.dumps(roster))
+        assert sent > 10_000
+        assert len(kept.packets[-1]) < sent / 3  # kept deflated
+        ws2, answer = await sio_connect(s.client, reconnect_payload(pid, last))
+        assert answer == {"sid": sid, "pid": pid}
+        event = parse_event(await ws2.recv())
+        assert event[:2] == ["room:joined", {"players": roster}]
+        assert int(event[-1]) > int(last)
+
+
 async def test_recovery_with_nothing_missed() -> None:
     async with socket_server(recovery_window=WINDOW) as s:
         ws, sid, pid, last = await recoverable(s)

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
+import zlib
 from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -110,9 +111,21 @@ class Socket:
         return client.conn if client is not None else None
 
 
+PACK_OVER = 1024
+"""A packet sent to one socket only and longer than this is kept deflated for its replay."""
+
+
+class Packed(bytes):
+    """A kept packet, deflated."""
+
+
 class Replay:
     """The events kept for a socket's replay, in three compact columns (a few bytes per event
-    instead of a tuple each: thousands of sockets keep dozens of events)."""
+    instead of a tuple each: thousands of sockets keep dozens of events).
+
+    A broadcast's packet is one object shared by every recipient's replay; a large packet of
+    one socket's own (the roster of ``room:joined``, kept for as long as any other event) is
+    kept deflated, a fraction of its size, and inflated only for a replay."""
 
     __slots__ = ("packets", "seqs", "times")
 
@@ -121,7 +134,9 @@ class Replay:
         self.times = array("d")
         self.packets: list[bytes] = []
 
-    def add(self, seq: int, at: float, packet: bytes) -> None:
+    def add(self, seq: int, at: float, packet: bytes, own: bool = False) -> None:
+        if own and len(packet) > PACK_OVER:
+            packet = Packed(zlib.compress(packet, 1))
         self.seqs.append(seq)
         self.times.append(at)
         self.packets.append(packet)
@@ -258,14 +273,22 @@ class SocketServer:
         seq = self._seq
         return b'%s,"%d"]' % (packet[:-1], seq), seq
 
-    def deliver(self, sid: str, packet: bytes, frame: bytes | None = None, seq: int = 0) -> None:
+    def deliver(
+        self,
+        sid: str,
+        packet: bytes,
+        frame: bytes | None = None,
+        seq: int = 0,
+        own: bool = False,
+    ) -> None:
         """A stamped event (see :meth:`stamp`) to one socket of the main namespace: sent, and
-        kept for a replay; kept only, while the socket is held for recovery."""
+        kept for a replay; kept only, while the socket is held for recovery. ``own``: the
+        packet was made for this socket alone (not shared with other recipients)."""
         sock = self.sockets.get(sid)
         if sock is None:
             return
         if seq and sock.pid is not None:
-            self._keep(sock, seq, packet)
+            self._keep(sock, seq, packet, own)
         if sock.connected:
             client = sock.client
             if client is not None:
@@ -277,7 +300,7 @@ class SocketServer:
         if sock is not None and sock.connected and sock.client is not None:
             sock.client.conn.send(packet, frame)
 
-    def _keep(self, sock: Socket, seq: int, packet: bytes) -> None:
+    def _keep(self, sock: Socket, seq: int, packet: bytes, own: bool) -> None:
         replay = sock.replay
         if replay is None:
             replay = sock.replay = Replay()  # made at the first event: most sockets idle
@@ -290,7 +313,7 @@ class SocketServer:
         elif len(replay.packets) >= MAX_REPLAY:
             self._expire(sock)  # too much missed: the client starts afresh
             return
-        replay.add(seq, now, packet)
+        replay.add(seq, now, packet, own)
 
     async def emit(
         self, event: str, *args: Any, to: str, namespace: str = "/", volatile: bool = False
@@ -315,7 +338,7 @@ class SocketServer:
             self.send_volatile(to, encoded) if namespace == "/" else self._send(sock, encoded)
             return
         stamped, seq = self.stamp(encoded)
-        self.deliver(to, stamped, None, seq)
+        self.deliver(to, stamped, None, seq, own=True)
 
     def _send(self, sock: Socket, encoded: bytes) -> None:
         if sock.connected and sock.client is not None:
@@ -666,7 +689,7 @@ class SocketServer:
         conn = client.conn
         conn.send_text("40" + codec.dumps({"sid": sock.sid, "pid": sock.pid}).decode())
         for packet in missed:
-            conn.send(packet)
+            conn.send(zlib.decompress(packet) if type(packet) is Packed else packet)
         self.recovered += 1
         handler = self.namespaces[name].handlers.get("recover")
         if handler is not None:
