@@ -416,6 +416,20 @@ async def test_messages_keep_their_order_behind_a_slow_handler() -> None:
         raw.close()
 
 
+async def test_messages_read_before_the_close_are_handled_before_it() -> None:
+    async with engine_server() as s:
+        raw, sid = await opened(s.url)
+        closing = frame(struct.pack("!H", 1000), opcode=0x8)
+        raw.send(frame(b"4slow:1") + frame(b"4plain:2") + closing)
+        assert await raw.close_code() == 1000
+        for _ in range(100):
+            if sid in s.recorder.reasons:
+                break
+            await asyncio.sleep(0.01)
+        assert s.recorder.messages == ["slow:1", "plain:2"]
+        assert s.recorder.reasons[sid] == "transport close"
+
+
 async def test_a_flood_behind_a_slow_handler_pauses_reading_and_loses_nothing() -> None:
     async with engine_server() as s:
         raw, sid = await opened(s.url)

@@ -773,7 +773,7 @@ class EngineSocket(WebSocket):
     on long-polling, and a failed upgrade only closes this WebSocket.
     """
 
-    __slots__ = ("_inbox", "_probe", "_timer", "conn", "engine")
+    __slots__ = ("_end", "_inbox", "_probe", "_timer", "conn", "engine")
 
     def __init__(
         self, engine: EngineServer, conn: Connection, tx: asyncio.Transport, *, probing: bool
@@ -782,6 +782,8 @@ class EngineSocket(WebSocket):
         self.engine = engine
         self.conn = conn
         self._inbox: deque[str | bytes] | None = None
+        self._end: tuple[str, bool] | None = None
+        """How the connection ended, while messages read before its end are still handled."""
         self._probe = 1 if probing else 0
         """1: waiting for ``2probe``; 2: waiting for ``5``; 0: open."""
         self._timer: asyncio.TimerHandle | None = None
@@ -825,7 +827,11 @@ class EngineSocket(WebSocket):
     def on_end(self, reason: str, graceful: bool) -> None:
         if self._probe:
             self._abandon_upgrade()
-        elif self.conn._ws is self:
+        elif self.conn._ws is not self:
+            return
+        elif self._inbox is not None:
+            self._end = (reason, graceful)  # what was read before the end is handled first
+        else:
             self.conn.close(reason, graceful=graceful)
 
     # -- messages in order --------------------------------------------------------------------
@@ -870,7 +876,10 @@ class EngineSocket(WebSocket):
             conn.close(TRANSPORT_ERROR, graceful=False)
         finally:
             self._inbox = None
-            if self.held and not conn.closed:
+            end, self._end = self._end, None
+            if end is not None:
+                conn.close(end[0], graceful=end[1])
+            elif self.held and not conn.closed:
                 self.release()
 
     # -- the upgrade of a long-polling session -------------------------------------------------
