@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
-from spacesync.domain.limits import NoticeThrottle
+from spacesync.domain.limits import EVENT_LIMITS, NoticeThrottle, Rule, SocketLimits, Verdict
+from spacesync.handlers.session import Session
 
 N = 2000
+JOIN = EVENT_LIMITS["join:space"].socket
+NOW = 100_000.0
 
 
 def bytes_each(make: Callable[[int], Any]) -> float:
@@ -27,6 +30,42 @@ def bytes_each(make: Callable[[int], Any]) -> float:
         return (tracemalloc.get_traced_memory()[0] - before) / N
     finally:
         tracemalloc.stop()
+
+
+# -- sockets -------------------------------------------------------------------------------
+
+
+def test_a_socket_that_joined_holds_no_lock_and_no_limit_window() -> None:
+    def joined(i: int) -> Session:
+        session = Session(sid=f"sid-{i:016d}", address="127.0.0.1")
+        session.limits.record(JOIN, NOW)
+        return session
+
+    assert joined(0).membership is None  # made by a join or leave while it runs
+    assert bytes_each(joined) < 500  # about 400; with a lock and a window for the join, 710
+
+
+def test_a_count_kept_without_a_window_carries_over_to_one() -> None:
+    rule = Rule("test.lone", 3, 10.0, "tests")
+    other = Rule("test.other", 3, 10.0, "tests")
+    state = SocketLimits()
+    state.record(rule, 1.0)
+    state.record(rule, 2.0)
+    state.record(other, 3.0)  # the count of ``rule`` moves into a window
+    assert state.admit(rule, 4.0)
+    state.record(rule, 4.0)
+    assert not state.admit(rule, 5.0)
+    assert state.admit(rule, 10.0)  # the next window
+
+    state = SocketLimits()
+    for t in (1.0, 2.0, 3.0):
+        state.record(rule, t)
+    assert not state.admit(rule, 4.0)
+    assert state.refuse(rule, 4.0) is Verdict.NOTIFY  # refused: a window of its own
+    assert state.refuse(rule, 5.0) is Verdict.QUIET
+    assert not state.admit(rule, 6.0)
+    state.record(rule, 12.0)  # an old count is not carried into a new window
+    assert state.admit(rule, 12.0)
 
 
 # -- presence notices ----------------------------------------------------------------------

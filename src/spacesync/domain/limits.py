@@ -181,10 +181,16 @@ class SocketLimits:
 
     Moves have dedicated fields because they are checked on every ``player:move``: the check is
     two integer comparisons and allocates nothing. The other rules get a window each, created
-    the first time the socket uses them.
+    the first time the socket uses them; but as long as the socket has counted events of one
+    rule only and had none refused (most sockets: the join, once), that rule's count is kept in
+    three fields instead (``_lone_*``), and moves into a window when another rule is counted or
+    an event is refused.
     """
 
     __slots__ = (
+        "_lone_count",
+        "_lone_index",
+        "_lone_name",
         "_windows",
         "held_move",
         "held_scheduled",
@@ -196,6 +202,10 @@ class SocketLimits:
 
     def __init__(self) -> None:
         self._windows: dict[str, _Window] | None = None
+        self._lone_name: str | None = None
+        """The rule counted without a window (only while :attr:`_windows` is None)."""
+        self._lone_index = -1
+        self._lone_count = 0
         self.move_index = -1
         self.move_count = 0
         self.refused_total = 0
@@ -228,6 +238,10 @@ class SocketLimits:
         windows = self._windows
         if windows is None:
             windows = self._windows = {}
+            if self._lone_name is not None:  # the lone count becomes a window of its own
+                lone = windows[self._lone_name] = _Window(self._lone_index)
+                lone.count = self._lone_count
+                self._lone_name = None
         index = rule.index(now)
         window = windows.get(rule.name)
         if window is None:
@@ -240,7 +254,11 @@ class SocketLimits:
         """Whether one more event fits in the current window (nothing is counted: see
         :meth:`record`, so that refused input such as a malformed payload costs nothing)."""
         if self._windows is None:
-            return True
+            return (
+                rule.name != self._lone_name
+                or self._lone_index != rule.index(now)
+                or self._lone_count < rule.limit
+            )
         window = self._windows.get(rule.name)
         if window is None or window.index != rule.index(now):
             return True
@@ -248,6 +266,14 @@ class SocketLimits:
 
     def record(self, rule: Rule, now: float) -> None:
         """Count one accepted event."""
+        if self._windows is None and self._lone_name in (None, rule.name):
+            index = rule.index(now)
+            if self._lone_name is None or index != self._lone_index:
+                self._lone_name = rule.name
+                self._lone_index = index
+                self._lone_count = 0
+            self._lone_count += 1
+            return
         self._window(rule, now).count += 1
 
     def refuse(self, rule: Rule, now: float) -> Verdict:

@@ -158,16 +158,27 @@ class Membership:
         put it in two; a disconnect arriving while a join awaits Redis would find nothing to
         leave, and the join would then list a player whose socket is gone, for ever. The
         departure at disconnect waits here for the join under way, then removes the player.
+
+        The socket's lock is made here when none of them holds it or waits for it, and is
+        dropped when the last one is done.
         """
-        await session.membership.acquire()
-        session.membership_holder = asyncio.current_task()
-        self._changing.add(session.sid)
+        lock = session.membership
+        if lock is None:
+            lock = session.membership = asyncio.Lock()
+        session.membership_queue += 1
         try:
-            yield
+            async with lock:
+                session.membership_holder = asyncio.current_task()
+                self._changing.add(session.sid)
+                try:
+                    yield
+                finally:
+                    self._changing.discard(session.sid)
+                    session.membership_holder = None
         finally:
-            self._changing.discard(session.sid)
-            session.membership_holder = None
-            session.membership.release()
+            session.membership_queue -= 1
+            if not session.membership_queue:
+                session.membership = None
 
     def holds_socket(self, space_id: str, player_id: str, sid: str) -> bool:
         """Whether ``sid`` is a live socket of this node joined to ``space_id`` as

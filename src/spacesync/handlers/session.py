@@ -41,10 +41,14 @@ class Session:
     """Set when the server closes the socket on purpose (duplicate session, shutdown)."""
     limits: SocketLimits = field(default_factory=SocketLimits)
     """Rate-limit state of this socket: it goes when the socket goes."""
-    membership: asyncio.Lock = field(default_factory=asyncio.Lock)
+    membership: asyncio.Lock | None = None
     """Held by a join, a leave or the departure at disconnect: in a cluster each awaits Redis
     several times, and two of them interleaved could leave the socket in two spaces, or a
-    player listed for a socket that is gone."""
+    player listed for a socket that is gone. Made by the first of them and dropped when the
+    last one is done, so a socket that stays in its space holds no lock."""
+    membership_queue: int = 0
+    """Joins, leaves and departures of this socket holding :attr:`membership` or waiting
+    for it."""
     membership_holder: asyncio.Task[Any] | None = None
     """The task holding :attr:`membership` (a socket closed from inside its own join does
     not wait for itself)."""
