@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from spacesync.domain.limits import EVENT_LIMITS, NoticeThrottle, Rule, SocketLimits, Verdict
+from spacesync.domain.limits import (
+    EVENT_LIMITS,
+    JOIN_PLAYER,
+    KeyedLimits,
+    NoticeThrottle,
+    Rule,
+    SocketLimits,
+    Verdict,
+)
 from spacesync.handlers.session import Session
 
 N = 2000
@@ -66,6 +74,44 @@ def test_a_count_kept_without_a_window_carries_over_to_one() -> None:
     assert not state.admit(rule, 6.0)
     state.record(rule, 12.0)  # an old count is not carried into a new window
     assert state.admit(rule, 12.0)
+
+
+# -- limits per player ---------------------------------------------------------------------
+
+
+def test_a_players_join_count_takes_little_room() -> None:
+    keyed = KeyedLimits(sweep_every=10**9)
+    players = [f"player-{i:08d}" for i in range(N)]
+    assert bytes_each(lambda i: keyed.count(JOIN_PLAYER, players[i], NOW).count) < 160
+
+
+def test_entries_of_each_rule_are_forgotten_when_their_own_window_ends() -> None:
+    short, long = Rule("test.short", 2, 10.0, "tests"), Rule("test.long", 2, 60.0, "tests")
+    keyed = KeyedLimits(sweep_every=10**9)
+    for rule in (short, long):
+        assert keyed.hit(rule, "ann", 1.0) and keyed.hit(rule, "ann", 1.0)
+    keyed.sweep(9.9)
+    assert len(keyed) == 2
+    keyed.sweep(10.0)
+    assert len(keyed) == 1 and not keyed.admit(long, "ann", 59.0)
+    keyed.sweep(60.0)
+    assert len(keyed) == 0
+
+
+def test_counts_late_in_a_long_uptime_are_kept_apart_by_window() -> None:
+    """Monotonic clocks of hosts up for a year give window indexes in the millions."""
+    rule = Rule("test.uptime", 3, 10.0, "tests")
+    keyed = KeyedLimits(sweep_every=10**9)
+    now = 3.2e7
+    hits = [keyed.count(rule, "ann", now) for _ in range(3)]
+    assert [h.count for h in hits] == [1, 2, 3] and hits[0].window == 3_200_000
+    assert not keyed.admit(rule, "ann", now + 5)
+    keyed.give_back(hits[-1])
+    assert keyed.count(rule, "ann", now + 5).count == 3
+    assert keyed.count(rule, "ann", now + 10).count == 1
+    keyed.note(rule, "ann", 7, now + 10)
+    assert not keyed.admit(rule, "ann", now + 10)  # noted up to the limit, not beyond
+    assert keyed.count(rule, "ann", now + 10).count == 3
 
 
 # -- presence notices ----------------------------------------------------------------------

@@ -315,6 +315,10 @@ class KeyedHit:
     """Counted in the cluster's shared state rather than by this node alone."""
 
 
+_COUNT_BITS = 32
+_COUNT_MASK = (1 << _COUNT_BITS) - 1
+
+
 class KeyedLimits:
     """Fixed-window counters keyed by (rule, key), shared by every socket of a node.
 
@@ -322,13 +326,19 @@ class KeyedLimits:
     invitations one player receives). An entry is forgotten once its window is over, so memory
     follows recent activity, which the per-socket limits already bound. In a cluster the store
     counts these in Redis and this is the node's own count while Redis is away.
+
+    An entry's window index and count are packed in one integer (``index << 32 | count``; a
+    count never exceeds its rule's limit), which costs a third of a tuple of them: there is an
+    entry per player who joined in the last minute.
     """
 
-    __slots__ = ("_counts", "_hits", "sweep_every")
+    __slots__ = ("_counts", "_hits", "_windows", "sweep_every")
 
     def __init__(self, sweep_every: int = 1024) -> None:
-        self._counts: dict[tuple[str, str], tuple[int, int, float]] = {}
-        """(rule name, key) -> (window index, count, end of the window)."""
+        self._counts: dict[tuple[str, str], int] = {}
+        """(rule name, key) -> window index and count, packed."""
+        self._windows: dict[str, float] = {}
+        """Rule name -> window length: where the windows of its entries end (:meth:`sweep`)."""
         self._hits = 0
         self.sweep_every = sweep_every
 
@@ -345,11 +355,11 @@ class KeyedLimits:
         index = rule.index(now)
         slot = (rule.name, key)
         entry = self._counts.get(slot)
-        count = entry[1] if entry is not None and entry[0] == index else 0
+        count = entry & _COUNT_MASK if entry is not None and entry >> _COUNT_BITS == index else 0
         retry = rule.retry_after(now)
         if count >= rule.limit:
             return KeyedHit(rule, key, False, count, retry, -1)
-        self._counts[slot] = (index, count + 1, (index + 1) * rule.window)
+        self._store(rule, slot, index, count + 1)
         return KeyedHit(rule, key, True, count + 1, retry, index)
 
     def give_back(self, hit: KeyedHit) -> None:
@@ -357,8 +367,13 @@ class KeyedLimits:
         still the current one: an older window no longer limits anything)."""
         slot = (hit.rule.name, hit.key)
         entry = self._counts.get(slot)
-        if hit.allowed and entry is not None and entry[0] == hit.window and entry[1] > 0:
-            self._counts[slot] = (entry[0], entry[1] - 1, entry[2])
+        if (
+            hit.allowed
+            and entry is not None
+            and entry >> _COUNT_BITS == hit.window
+            and entry & _COUNT_MASK > 0
+        ):
+            self._counts[slot] = entry - 1  # one less in the same window
 
     def note(self, rule: Rule, key: str, count: int, now: float) -> None:
         """Raise the count of ``key`` in the current window to ``count`` (what the cluster
@@ -366,17 +381,30 @@ class KeyedLimits:
         index = rule.index(now)
         slot = (rule.name, key)
         entry = self._counts.get(slot)
-        if entry is None or entry[0] != index or entry[1] < count:
-            self._counts[slot] = (index, min(count, rule.limit), (index + 1) * rule.window)
+        if entry is None or entry >> _COUNT_BITS != index or entry & _COUNT_MASK < count:
+            self._store(rule, slot, index, min(count, rule.limit))
 
     def admit(self, rule: Rule, key: str, now: float) -> bool:
         """Whether one more event for ``key`` fits, without counting it."""
         entry = self._counts.get((rule.name, key))
-        return entry is None or entry[0] != rule.index(now) or entry[1] < rule.limit
+        return (
+            entry is None
+            or entry >> _COUNT_BITS != rule.index(now)
+            or entry & _COUNT_MASK < rule.limit
+        )
+
+    def _store(self, rule: Rule, slot: tuple[str, str], index: int, count: int) -> None:
+        self._windows[rule.name] = rule.window
+        self._counts[slot] = index << _COUNT_BITS | count
 
     def sweep(self, now: float) -> None:
         """Forget the entries whose window is over."""
-        stale = [slot for slot, (_, _, end) in self._counts.items() if end <= now]
+        windows = self._windows
+        stale = [
+            slot
+            for slot, entry in self._counts.items()
+            if ((entry >> _COUNT_BITS) + 1) * windows[slot[0]] <= now
+        ]
         for slot in stale:
             del self._counts[slot]
 
