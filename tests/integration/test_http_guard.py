@@ -33,18 +33,24 @@ async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> boo
         return True
 
 
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /health HTTP/1.1\r\n", b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"],
+    ids=["http", "websocket-upgrade"],
+)
 async def test_slow_request_headers_are_cut_off(
-    bridge: Bridge, start_server: ServerFactory
+    bridge: Bridge, start_server: ServerFactory, request_line: bytes
 ) -> None:
     """`HEADER_READ_TIMEOUT=1`: a client that trickles its headers (one byte every 0.2 s) is
     disconnected about a second after it connected (E2005, counted), while a WebSocket player
-    and a client that sends its request at once are served as usual."""
+    and a client that sends its request at once are served as usual. The same holds for the
+    head of a WebSocket upgrade, which the listener reads itself."""
     server = start_server(NODE_ENV="development", HEADER_READ_TIMEOUT="1")
     player = await bridge.connected(server.url)
     await player.join(space_id(), "Player", session_token=dev_token(), playerId=unique("p"))
 
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    writer.write(request_line + b"Host: x\r\n")
     loop = asyncio.get_running_loop()
     started = loop.time()
     closed_after = None
