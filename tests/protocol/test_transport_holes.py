@@ -508,8 +508,10 @@ async def socket_server(
         yield holder[0]
 
 
-async def sio_connect(client: Client, payload: str = "") -> tuple[WsClient, dict[str, Any]]:
-    ws, _ = await client.open_websocket()
+async def sio_connect(
+    client: Client, payload: str = "", auto_pong: bool = True
+) -> tuple[WsClient, dict[str, Any]]:
+    ws, _ = await client.open_websocket(auto_pong=auto_pong)
     await ws.send("40" + payload)
     answer = await ws.recv_text()
     assert answer.startswith("40{"), answer
@@ -650,6 +652,39 @@ async def test_a_large_event_of_ones_own_is_kept_small_and_replayed_whole() -> N
         event = parse_event(await ws2.recv())
         assert event[:2] == ["room:joined", {"players": roster}]
         assert int(event[-1]) > int(last)
+
+
+async def test_an_answered_ping_lets_the_replay_forget_what_the_client_has() -> None:
+    options = EngineOptions(ping_interval=0.3, ping_timeout=5.0)
+    async with socket_server(options, recovery_window=WINDOW) as s:
+        ws, sid, pid, last = await recoverable(s)
+        replay = s.sio.sockets[sid].replay
+        assert replay is not None and len(replay.seqs) == 3
+        await eventually(lambda: ws.pings >= 1 and list(replay.seqs) == [int(last)])
+        # the offset the client holds is still known: it recovers with what it missed
+        await lose(s, ws, sid)
+        await s.sio.emit("tick", "missed", to=sid)
+        ws2, answer = await sio_connect(s.client, reconnect_payload(pid, last))
+        assert answer == {"sid": sid, "pid": pid}
+        assert parse_event(await ws2.recv())[:2] == ["tick", "missed"]
+
+
+async def test_an_unanswered_ping_forgets_nothing() -> None:
+    options = EngineOptions(ping_interval=0.3, ping_timeout=5.0)
+    async with socket_server(options, recovery_window=WINDOW) as s:
+        ws, answer = await sio_connect(s.client, auto_pong=False)
+        sid, pid = answer["sid"], answer["pid"]
+        await ws.send('42["send-me",3]')
+        first = parse_event(await ws.recv())[-1]
+        await eventually(lambda: ws.pings >= 1)
+        await asyncio.sleep(0.3)
+        replay = s.sio.sockets[sid].replay
+        assert replay is not None and len(replay.seqs) == 3
+        # a client that lost the link before answering gets everything after its offset
+        await lose(s, ws, sid)
+        ws2, answer = await sio_connect(s.client, reconnect_payload(pid, first))
+        assert answer == {"sid": sid, "pid": pid}
+        assert [parse_event(await ws2.recv())[:2] for _ in range(2)] == [["tick", 1], ["tick", 2]]
 
 
 async def test_recovery_with_nothing_missed() -> None:

@@ -95,7 +95,8 @@ class EngineHandler(Protocol):
 
     # optional: ``message_nowait(conn, text) -> bool``, a synchronous hot path tried first for
     # text messages read from a WebSocket; ``refuses_binary(conn) -> bool``, asked (and left to
-    # close the session) when a binary message starts arriving on a WebSocket, before it is read
+    # close the session) when a binary message starts arriving on a WebSocket, before it is read;
+    # ``pinging(conn)`` and ``ponged(conn)``, told when a PING goes out and when it is answered
 
     def closed(self, conn: Connection, reason: str) -> None: ...
 
@@ -248,11 +249,16 @@ class Connection:
     def _ping(self) -> None:
         self.pinged = True
         self.send_text(codec.PING)
-        self.engine.heartbeat_due(self, self.engine.options.ping_timeout)
+        engine = self.engine
+        engine.heartbeat_due(self, engine.options.ping_timeout)
+        if engine._pinging is not None:
+            engine._pinging(self)
 
     def _pong(self) -> None:
         if self.pinged:
             self._schedule_ping()
+            if self.engine._ponged is not None:
+                self.engine._ponged(self)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -383,6 +389,8 @@ class EngineServer:
         self._refuses_binary: Callable[[Connection], bool] | None = getattr(
             handler, "refuses_binary", None
         )
+        self._pinging: Callable[[Connection], None] | None = getattr(handler, "pinging", None)
+        self._ponged: Callable[[Connection], None] | None = getattr(handler, "ponged", None)
         self.sessions: dict[str, Connection] = {}
         self.slow_disconnects = 0
         self._writes = _Writes()

@@ -17,6 +17,7 @@ have been lost with the link.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import secrets
 import time
@@ -87,6 +88,7 @@ class Socket:
         "lost",
         "namespace",
         "pid",
+        "pinged_seq",
         "pruned",
         "replay",
         "sid",
@@ -100,6 +102,9 @@ class Socket:
         self.pid: str | None = None
         self.replay: Replay | None = None
         self.last_seq = 0
+        self.pinged_seq = 0
+        """``last_seq`` when the connection's last PING went out: once it is answered, the
+        client has every event up to there."""
         self.pruned = False
         self.expiry: asyncio.TimerHandle | None = None
         self.lost = ""
@@ -140,6 +145,17 @@ class Replay:
         self.seqs.append(seq)
         self.times.append(at)
         self.packets.append(packet)
+
+    def drop_received(self, seq: int) -> bool:
+        """Forget the events before ``seq`` (the client has them; ``seq`` itself is kept, as
+        the offset a reconnecting client names); True when anything was forgotten."""
+        n = bisect.bisect_left(self.seqs, seq)
+        if n <= 0:
+            return False
+        del self.seqs[:n]
+        del self.times[:n]
+        del self.packets[:n]
+        return True
 
     def drop_before(self, at: float, room: int) -> bool:
         """Forget the events kept from before ``at``, and the oldest beyond ``room``; True when
@@ -428,6 +444,25 @@ class SocketServer:
             self._sweeping = True
             self.engine.loop.call_later(REPLAY_SWEEP, self._sweep_replays)
 
+    def pinging(self, conn: Connection) -> None:
+        """A PING is going out to ``conn``: what its sockets were sent so far is received once
+        it is answered (both transports deliver in order, and the client handles packets in
+        order, noting each event's offset)."""
+        client: Client | None = conn.owner
+        if client is not None and self.recovery_window:
+            for sock in client.sockets.values():
+                sock.pinged_seq = sock.last_seq
+
+    def ponged(self, conn: Connection) -> None:
+        """``conn`` answered its PING: its sockets' replays forget what the client has."""
+        client: Client | None = conn.owner
+        if client is None or not self.recovery_window:
+            return
+        for sock in client.sockets.values():
+            replay = sock.replay
+            if replay is not None and sock.pinged_seq and replay.drop_received(sock.pinged_seq):
+                sock.pruned = True
+
     def _sweep_replays(self) -> None:
         """Forget what connected sockets were sent longer ago than a heartbeat period (a quiet
         socket would otherwise keep its last events for good)."""
@@ -682,6 +717,7 @@ class SocketServer:
         self._held.pop(pid, None)  # type: ignore[arg-type]
         sock.client = client
         sock.connected = True
+        sock.pinged_seq = 0  # a PING of the lost connection proves nothing about the replay
         client.sockets[name] = sock
         if client.timer is not None:
             client.timer.cancel()
