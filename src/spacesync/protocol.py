@@ -411,20 +411,10 @@ def parse_move(payload: Any) -> Move:
     )
 
 
-class _SentMove(
-    msgspec.Struct,
-    frozen=True,
-    forbid_unknown_fields=True,
-    rename={"is_moving": "isMoving"},
-    gc=False,
-):
+class _SentMove(Move, frozen=True, gc=False):
     """A ``player:move`` payload as clients send it: :class:`Move`'s four fields, and the
     player's ``id`` that the product's web client adds (a scalar, ignored)."""
 
-    x: Coordinate
-    y: Coordinate
-    direction: Direction
-    is_moving: bool
     id: str | int | float | bool | None = None
 
 

@@ -149,13 +149,7 @@ class Replay:
     def drop_received(self, seq: int) -> bool:
         """Forget the events before ``seq`` (the client has them; ``seq`` itself is kept, as
         the offset a reconnecting client names); True when anything was forgotten."""
-        n = bisect.bisect_left(self.seqs, seq)
-        if n <= 0:
-            return False
-        del self.seqs[:n]
-        del self.times[:n]
-        del self.packets[:n]
-        return True
+        return self._forget(bisect.bisect_left(self.seqs, seq))
 
     def drop_before(self, at: float, room: int) -> bool:
         """Forget the events kept from before ``at``, and the oldest beyond ``room``; True when
@@ -165,7 +159,10 @@ class Replay:
         limit = len(times)
         while n < limit and times[n] < at:
             n += 1
-        n = max(n, limit - room)
+        return self._forget(max(n, limit - room))
+
+    def _forget(self, n: int) -> bool:
+        """Forget the ``n`` oldest events; True when there were any."""
         if n <= 0:
             return False
         del self.seqs[:n]
