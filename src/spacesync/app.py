@@ -24,7 +24,6 @@ from .cluster import DOUBT_AFTER_SECONDS, NodeMonitor, RedisBus
 from .config import Settings
 from .fanout import LAGGING_BYTES, Broadcaster
 from .handlers.events import SpaceServer
-from .headers import HeaderDeadlineRunner
 from .integrations.app_api import AppClient, ExitOutbox
 from .integrations.discord import DiscordAlerter
 from .integrations.exit_journal import ExitJournal
@@ -619,13 +618,14 @@ class SpacesyncNode:
             self._alert_handler = install_alert_handler(self.alerter.observe)
         self.exits.start()
         self.loop_lag.start()
-        self._runner = HeaderDeadlineRunner(
+        # The listener holds each connection's first request to the header deadline; later
+        # requests of a keep-alive connection must arrive within the same time after a response.
+        self._runner = web.AppRunner(
             self.web,
-            header_timeout=self.settings.header_timeout,
-            on_timeout=self._header_timeout,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=1.0,
+            keepalive_timeout=self.settings.header_timeout,
         )
         await self._runner.setup()
         self._listener = Listener(

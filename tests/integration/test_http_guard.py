@@ -98,6 +98,34 @@ async def test_idle_keep_alive_connection_is_closed_quietly(start_server: Server
     assert abuse.get("headerTimeout", 0) == 0
 
 
+async def test_a_trickled_second_request_is_cut_off_too(start_server: ServerFactory) -> None:
+    """A client that sends one proper request and then trickles the next one's headers on the
+    same keep-alive connection is cut off after the header timeout as well."""
+    server = start_server(NODE_ENV="development", HEADER_READ_TIMEOUT="1")
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    writer.write(b"GET /health HTTP/1.1\r\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closed_after = None
+    for _ in range(40):
+        try:
+            writer.write(b"X")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        if await _closed_by_server(reader, 0.2):
+            closed_after = loop.time() - started
+            break
+    writer.close()
+    assert closed_after is not None, "the slow client was never disconnected"
+    assert closed_after < 2.5, closed_after
+
+
 # -- internal routes ------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """The listening socket: WebSocket upgrades on the engine's path are taken here, every other
-request is served by aiohttp.
+request is served by aiohttp; the first request of every connection must arrive within the
+header deadline.
 
 A WebSocket lives for hours and carries thousands of small messages, so it is not left on the
 HTTP stack: a connection whose first request asks to upgrade on an engine path is read by
@@ -10,9 +11,12 @@ bytes read so far, to aiohttp's own connection protocol (``AppRunner.server``, t
 factory aiohttp documents for ``loop.create_server``), so plain HTTP, long-polling and the
 application's routes behave exactly as before.
 
-The decision is made on the request line: only ``GET <engine path>?…transport=websocket…``
-waits for its full head here; if the head then turns out not to be a WebSocket request after
-all, it is handed to aiohttp unchanged.
+The first request head of a connection is read here whole (up to :data:`MAX_HEAD`), within
+``header_timeout``: a client that trickles it (slowloris) or sends nothing is cut off and
+reported, whichever route it asks for. Only then is the connection handed over, and only
+``GET <engine path>?…transport=websocket…`` with a WebSocket upgrade's headers stays here. Later
+requests of a keep-alive connection are aiohttp's, whose ``keepalive_timeout`` (set to the same
+deadline) closes a connection that sends no complete request within it after a response.
 """
 
 from __future__ import annotations
@@ -177,18 +181,16 @@ class Front(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
         self._buffer = buffer
-        line_end = buffer.find(b"\r\n")
-        if line_end < 0:
-            if not self._listener.may_be_ours(buffer) or len(buffer) > MAX_LINE:
-                self._hand_over()
-            return
-        if not self._listener.is_upgrade_line(buffer[:line_end]):
-            self._hand_over()
-            return
         head_end = buffer.find(b"\r\n\r\n")
         if head_end < 0:
             if len(buffer) > MAX_HEAD:
-                self._answer(Reply(431, {"error": "Request header fields too large"}))
+                if self._listener.is_upgrade_line(buffer[: buffer.find(b"\r\n")]):
+                    self._answer(Reply(431, {"error": "Request header fields too large"}))
+                else:
+                    self._hand_over()  # aiohttp applies its own limits
+            return
+        if not self._listener.is_upgrade_line(buffer[: buffer.find(b"\r\n")]):
+            self._hand_over()
             return
         self._upgrade(buffer[:head_end], buffer[head_end + 4 :])
 
@@ -296,10 +298,6 @@ class Listener:
         assert server is not None, "the runner is not set up"
         protocol: asyncio.Protocol = server()
         return protocol
-
-    def may_be_ours(self, start: bytes) -> bool:
-        """Whether a request line beginning with ``start`` could be an upgrade on a route."""
-        return any(p.startswith(start) or start.startswith(p) for p in self._prefixes)
 
     def is_upgrade_line(self, line: bytes) -> bool:
         return line.startswith(self._prefixes) and b"transport=websocket" in line
