@@ -501,3 +501,30 @@ async def test_heartbeat_of_many_sessions_ends_exactly_the_silent_ones() -> None
         pings = await asyncio.gather(*tasks)
         # a PING 0.3 s after each answer, for 2 s: about six each, none skipped
         assert all(4 <= n <= 8 for n in pings), pings
+
+
+async def test_an_upgrade_on_a_reused_keep_alive_connection_works_the_same() -> None:
+    # a proxy (nginx with upstream keepalive) sends upgrades on connections that carried
+    # other requests before: the second request of this connection never reaches the listener
+    async with engine_server() as s:
+        raw = await Raw.connect(s.url)
+        raw.send(f"GET {PATH}?EIO=4&transport=polling HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        head = await raw.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        assert (await raw.reader.readexactly(length)).startswith(b"0{")
+        head = await raw.upgrade()
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        first = await raw.text()
+        sid = json.loads(first[1:])["sid"]
+        raw.send(frame(b"4slow:1") + frame(b"4fast:2"))
+        assert [await raw.text(), await raw.text()] == ["4slow:1", "4fast:2"]
+        raw.send(frame(struct.pack("!H", 1000), opcode=0x8))
+        assert await raw.close_code() == 1000
+        assert await raw.ended()
+        for _ in range(100):
+            if sid in s.recorder.reasons:
+                break
+            await asyncio.sleep(0.01)
+        assert s.recorder.reasons[sid] == "transport close"
+        assert sid not in s.engine.sessions

@@ -600,9 +600,7 @@ class EngineServer:
             return self._error(0, cors)
         sid = query.get("sid")
         if transport == "websocket":
-            # WebSockets are taken by the listener before they reach an HTTP handler
-            # (:meth:`accept_websocket`); one asked for on a reused keep-alive connection is not.
-            return self._error(3, cors)
+            return await self._websocket_after_http(request, cors)
         if sid is None:
             if request.method != "GET":
                 return self._error(2, cors)
@@ -719,6 +717,37 @@ class EngineServer:
 
     # -- WebSocket ----------------------------------------------------------------------------
 
+    async def _websocket_after_http(
+        self, request: web.Request, cors: dict[str, str]
+    ) -> web.StreamResponse:
+        """A WebSocket upgrade that reached aiohttp: one sent on a connection that already
+        carried a request (a proxy reusing its upstream connections does that). It is accepted
+        as the listener would, and the connection is taken from aiohttp the same way; aiohttp's
+        protocol is told when it is lost, and this handler waits for that."""
+        tx = request.transport
+        if tx is None or request.method != "GET":
+            return self._error(3, cors)
+        head = RequestHead(
+            request.method,
+            request.path,
+            dict(request.query),
+            request.headers,
+            request.remote,
+            tx,
+        )
+        http_protocol = tx.get_protocol()
+        refused = self.accept_websocket(head)
+        if refused is not None:
+            return refused.response()
+        socket = tx.get_protocol()
+        if not isinstance(socket, EngineSocket):
+            # answered and closed already (a second WebSocket for an upgrading session)
+            return web.Response()  # never written: the transport is closing
+        ended = self.loop.create_future()
+        socket.after_http(http_protocol, ended)
+        await ended
+        return web.Response()  # never written: aiohttp knows the connection is gone
+
     def accept_websocket(self, request: RequestHead) -> Reply | None:
         """A WebSocket upgrade request (from the listener): a new session, or the upgrade of a
         long-polling one (``sid``). ``None`` when accepted: the ``101`` is written and the
@@ -781,7 +810,7 @@ class EngineSocket(WebSocket):
     on long-polling, and a failed upgrade only closes this WebSocket.
     """
 
-    __slots__ = ("_end", "_inbox", "_probe", "_timer", "conn", "engine")
+    __slots__ = ("_after", "_end", "_inbox", "_probe", "_timer", "conn", "engine")
 
     def __init__(
         self, engine: EngineServer, conn: Connection, tx: asyncio.Transport, *, probing: bool
@@ -792,6 +821,7 @@ class EngineSocket(WebSocket):
         self._inbox: deque[str | bytes] | None = None
         self._end: tuple[str, bool] | None = None
         """How the connection ended, while messages read before its end are still handled."""
+        self._after: tuple[asyncio.BaseProtocol, asyncio.Future[None]] | None = None
         self._probe = 1 if probing else 0
         """1: waiting for ``2probe``; 2: waiting for ``5``; 0: open."""
         self._timer: asyncio.TimerHandle | None = None
@@ -799,6 +829,22 @@ class EngineSocket(WebSocket):
             self._timer = engine.loop.call_later(
                 engine.options.upgrade_timeout, self._abandon_upgrade
             )
+
+    def after_http(self, protocol: asyncio.BaseProtocol, ended: asyncio.Future[None]) -> None:
+        """This WebSocket replaced ``protocol`` (aiohttp's, mid-request): it is told when the
+        connection is lost, and ``ended`` is resolved."""
+        self._after = (protocol, ended)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        after, self._after = self._after, None
+        if after is not None:
+            protocol, ended = after
+            try:
+                protocol.connection_lost(exc)
+            finally:
+                if not ended.done():
+                    ended.set_result(None)
 
     def on_text(self, text: str) -> None:
         if self._probe:
