@@ -375,7 +375,7 @@ class EngineServer:
         options: EngineOptions | None = None,
         *,
         gate: Gate | None = None,
-        address_of: Callable[[web.Request], str] | None = None,
+        address_of: Callable[[Any], str] | None = None,
         on_too_slow: Callable[[Connection], None] | None = None,
     ) -> None:
         self.handler = handler
@@ -557,7 +557,7 @@ class EngineServer:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    def _cors(self, request: web.Request) -> dict[str, str] | None:
+    def _cors(self, request: RequestHead | web.Request) -> dict[str, str] | None:
         """CORS headers for the request's origin, or ``None`` when the origin is refused."""
         origin = request.headers.get("Origin")
         allowed = self.options.cors_origins
@@ -727,16 +727,8 @@ class EngineServer:
         tx = request.transport
         if tx is None or request.method != "GET":
             return self._error(3, cors)
-        head = RequestHead(
-            request.method,
-            request.path,
-            dict(request.query),
-            request.headers,
-            request.remote,
-            tx,
-        )
         http_protocol = tx.get_protocol()
-        refused = self.accept_websocket(head)
+        refused = self.accept_websocket(request)
         if refused is not None:
             return refused.response()
         socket = tx.get_protocol()
@@ -748,10 +740,11 @@ class EngineServer:
         await ended
         return web.Response()  # never written: aiohttp knows the connection is gone
 
-    def accept_websocket(self, request: RequestHead) -> Reply | None:
-        """A WebSocket upgrade request (from the listener): a new session, or the upgrade of a
-        long-polling one (``sid``). ``None`` when accepted: the ``101`` is written and the
-        transport now delivers to an :class:`EngineSocket`."""
+    def accept_websocket(self, request: RequestHead | web.Request) -> Reply | None:
+        """A WebSocket upgrade request (from the listener, or from aiohttp on a reused
+        connection): a new session, or the upgrade of a long-polling one (``sid``). ``None``
+        when accepted: the ``101`` is written and the transport now delivers to an
+        :class:`EngineSocket`."""
         cors = self._cors(request)
         if cors is None:
             return self._refusal(4, status=403)
@@ -759,7 +752,7 @@ class EngineServer:
         if query.get("EIO") != "4":
             return self._refusal(5, cors)
         key = handshake_key(request.headers)
-        if isinstance(key, Reply):
+        if key is None:
             return self._refusal(3, cors)
         sid = query.get("sid")
         upgrading: Connection | None = None
@@ -857,11 +850,8 @@ class EngineSocket(WebSocket):
             if conn.closed or (nowait is not None and nowait(conn, text[1:])):
                 return
             self._queue(text)
-        elif text:
-            if not self.conn.closed:
-                self.engine._control(self.conn, text)
-        else:
-            self.conn.close(PARSE_ERROR, graceful=False)
+        elif not self.conn.closed:
+            self.engine._control(self.conn, text)
 
     def on_binary(self, data: bytes) -> None:
         if self._probe:
@@ -905,21 +895,17 @@ class EngineSocket(WebSocket):
         assert inbox is not None
         conn = self.conn
         engine = self.engine
-        message = engine.handler.message
         nowait = engine._nowait
         try:
             while inbox and not conn.closed:
                 packet = inbox.popleft()
-                if isinstance(packet, bytes):
-                    await message(conn, packet)
-                elif packet[:1] == codec.MESSAGE:
-                    text = packet[1:]
-                    if nowait is None or not nowait(conn, text):
-                        await message(conn, text)
-                elif packet:
-                    engine._control(conn, packet)
-                else:
-                    conn.close(PARSE_ERROR, graceful=False)
+                if not (
+                    nowait is not None
+                    and type(packet) is str
+                    and packet[:1] == codec.MESSAGE
+                    and nowait(conn, packet[1:])
+                ):
+                    await engine._receive(conn, packet)
                 if self.held and len(inbox) <= INBOX_LIMIT // 2:
                     self.release()
         except asyncio.CancelledError:
@@ -994,7 +980,7 @@ class EngineSocket(WebSocket):
             self.tx.close()
 
 
-def _own_origin(origin: str, request: web.Request) -> bool:
+def _own_origin(origin: str, request: RequestHead | web.Request) -> bool:
     try:
         parts = urlsplit(origin)
     except ValueError:

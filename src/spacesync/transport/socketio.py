@@ -584,10 +584,10 @@ class SocketServer:
         conn.abort(PARSE_ERROR)
 
     async def _attachment(self, client: Client, data: bytes) -> None:
-        packet = client.pending
-        if packet is None or not self.allow_binary:
-            self._refuse(client, self._sid(client), "binaryPacket", "a binary message")
+        if self.refuses_binary(client.conn):
             return
+        packet = client.pending
+        assert packet is not None
         client.attachments.append(data)
         if len(client.attachments) < packet.attachments:
             return

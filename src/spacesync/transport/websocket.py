@@ -21,8 +21,6 @@ import hashlib
 import struct
 from collections.abc import Mapping
 
-from .http import Reply
-
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -35,24 +33,21 @@ CLOSE_TOO_BIG = 1009
 _MAX_CONTROL = 125
 
 
-def handshake_key(headers: Mapping[str, str]) -> str | Reply:
-    """The client's ``Sec-WebSocket-Key`` of a valid upgrade request, or the refusal."""
+def handshake_key(headers: Mapping[str, str]) -> str | None:
+    """The client's ``Sec-WebSocket-Key`` of a valid upgrade request (``Upgrade: websocket``,
+    ``Connection: upgrade``, version 13, a 16-byte key), or None."""
     if "websocket" not in _tokens(headers.get("Upgrade", "")):
-        return Reply(400, {"error": "Not a WebSocket upgrade"})
+        return None
     if "upgrade" not in _tokens(headers.get("Connection", "")):
-        return Reply(400, {"error": "Not a WebSocket upgrade"})
+        return None
     if headers.get("Sec-WebSocket-Version", "").strip() != "13":
-        return Reply(
-            426, {"error": "Unsupported WebSocket version"}, {"Sec-WebSocket-Version": "13"}
-        )
+        return None
     key = headers.get("Sec-WebSocket-Key", "").strip()
     try:
         valid = len(base64.b64decode(key, validate=True)) == 16
     except ValueError:
         valid = False
-    if not valid:
-        return Reply(400, {"error": "Bad Sec-WebSocket-Key"})
-    return key
+    return key if valid else None
 
 
 def _tokens(value: str) -> set[str]:
