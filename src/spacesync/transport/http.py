@@ -152,9 +152,16 @@ WEBSOCKET_ROUTES: web.AppKey[dict[str, Accept]] = web.AppKey("websocket_routes",
 """An application's engine paths and the function accepting WebSockets on each."""
 
 
+def _peer(tx: asyncio.BaseTransport) -> str | None:
+    """The client's address on ``tx``."""
+    peer = tx.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
 class Front(asyncio.Protocol):
-    """The first protocol of every connection: reads just enough to tell a WebSocket upgrade on
-    an engine path from anything else (see the module's description)."""
+    """The first protocol of every connection: reads its first request head, within the header
+    deadline, and keeps a WebSocket upgrade on an engine path or hands the connection to aiohttp
+    (see the module's description)."""
 
     __slots__ = ("_buffer", "_listener", "_timer", "_tx")
 
@@ -182,17 +189,14 @@ class Front(asyncio.Protocol):
         buffer = self._buffer + data if self._buffer else data
         self._buffer = buffer
         head_end = buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(buffer) > MAX_HEAD:
-                if self._listener.is_upgrade_line(buffer[: buffer.find(b"\r\n")]):
-                    self._answer(Reply(431, {"error": "Request header fields too large"}))
-                else:
-                    self._hand_over()  # aiohttp applies its own limits
-            return
+        if head_end < 0 and len(buffer) <= MAX_HEAD:
+            return  # more to come
         if not self._listener.is_upgrade_line(buffer[: buffer.find(b"\r\n")]):
-            self._hand_over()
-            return
-        self._upgrade(buffer[:head_end], buffer[head_end + 4 :])
+            self._hand_over()  # aiohttp applies its own limits to a long head
+        elif head_end < 0:
+            self._answer(Reply(431, {"error": "Request header fields too large"}))
+        else:
+            self._upgrade(buffer[:head_end], buffer[head_end + 4 :])
 
     def _upgrade(self, head: bytes, rest: bytes) -> None:
         tx = self._tx
@@ -215,9 +219,7 @@ class Front(asyncio.Protocol):
             return
         self._stop_timer()
         self._buffer = b""
-        peer = tx.get_extra_info("peername")
-        remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
-        request = RequestHead(method, path, values, CIMultiDictProxy(headers), remote, tx)
+        request = RequestHead(method, path, values, CIMultiDictProxy(headers), _peer(tx), tx)
         try:
             refused = accept(request)
         except Exception:
@@ -259,8 +261,7 @@ class Front(asyncio.Protocol):
             return
         on_timeout = self._listener.on_header_timeout
         if on_timeout is not None:
-            peer = tx.get_extra_info("peername")
-            on_timeout(str(peer[0]) if isinstance(peer, tuple) and peer else "")
+            on_timeout(_peer(tx) or "")
         tx.abort()
 
     def _stop_timer(self) -> None:
