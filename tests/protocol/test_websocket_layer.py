@@ -186,6 +186,14 @@ def frame(
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+async def closed_session(s: Setup, sid: str) -> None:
+    """Wait (up to a second) until the session ``sid`` has ended."""
+    for _ in range(100):
+        if sid in s.recorder.reasons:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def opened(url: str) -> tuple[Raw, str]:
     """A new WebSocket session: the client and its sid."""
     raw = await Raw.connect(url)
@@ -326,10 +334,7 @@ async def refused(data: bytes, code: int, **options: Any) -> Setup:
         raw.send(data)
         assert await raw.close_code() == code
         assert await raw.ended()
-        for _ in range(100):
-            if sid in s.recorder.reasons:
-                break
-            await asyncio.sleep(0.01)
+        await closed_session(s, sid)
         assert sid in s.recorder.reasons
         assert sid not in s.engine.sessions
         return s
@@ -395,10 +400,7 @@ async def test_a_dropped_connection_ends_the_session() -> None:
     async with engine_server() as s:
         raw, sid = await opened(s.url)
         raw.writer.transport.abort()
-        for _ in range(100):
-            if sid in s.recorder.reasons:
-                break
-            await asyncio.sleep(0.01)
+        await closed_session(s, sid)
         assert s.recorder.reasons[sid] == "transport close"
         assert sid not in s.engine.sessions
 
@@ -422,10 +424,7 @@ async def test_messages_read_before_the_close_are_handled_before_it() -> None:
         closing = frame(struct.pack("!H", 1000), opcode=0x8)
         raw.send(frame(b"4slow:1") + frame(b"4plain:2") + closing)
         assert await raw.close_code() == 1000
-        for _ in range(100):
-            if sid in s.recorder.reasons:
-                break
-            await asyncio.sleep(0.01)
+        await closed_session(s, sid)
         assert s.recorder.messages == ["slow:1", "plain:2"]
         assert s.recorder.reasons[sid] == "transport close"
 
@@ -522,9 +521,6 @@ async def test_an_upgrade_on_a_reused_keep_alive_connection_works_the_same() -> 
         raw.send(frame(struct.pack("!H", 1000), opcode=0x8))
         assert await raw.close_code() == 1000
         assert await raw.ended()
-        for _ in range(100):
-            if sid in s.recorder.reasons:
-                break
-            await asyncio.sleep(0.01)
+        await closed_session(s, sid)
         assert s.recorder.reasons[sid] == "transport close"
         assert sid not in s.engine.sessions
